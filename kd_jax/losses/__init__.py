@@ -1,0 +1,41 @@
+"""kd_jax.losses: knowledge-distillation losses as pure JAX functions, in the style of optax.losses.
+
+Arrays in, per-example values out (shape ``[B]``, or the logits' shape without the class axis)
+unless a docstring says otherwise; computed in at least float32 whatever the input dtype; jit-,
+vmap- and grad-safe. The teacher side is wrapped in ``jax.lax.stop_gradient`` by the loss itself.
+Hyper-parameters are validated with a ``ValueError``. This package imports nothing else of kd_jax,
+so other JAX projects can use it alone::
+
+  from kd_jax import losses
+  loss = losses.hinton_kd_loss(student_logits, teacher_logits, temperature=4.0).mean()
+"""
+
+from .generative import attention_distillation_loss
+from .generative import cvae_loss
+from .generative import generative_distillation_loss
+from .logits import hinton_kd_loss
+from .logits import progressive_kd_loss
+from .logits import soft_target_cross_entropy
+from .logits import wise_combine
+from .spectral import dct_matrix
+from .spectral import kernel_frequency_distribution
+from .spectral import parameter_frequency_loss
+from .spectral import temporal_amplitude
+from .spectral import temporal_spectrum_loss
+from .weighting import uncertainty_weighted_sum
+
+__all__ = [
+    "attention_distillation_loss",
+    "cvae_loss",
+    "dct_matrix",
+    "generative_distillation_loss",
+    "hinton_kd_loss",
+    "kernel_frequency_distribution",
+    "parameter_frequency_loss",
+    "progressive_kd_loss",
+    "soft_target_cross_entropy",
+    "temporal_amplitude",
+    "temporal_spectrum_loss",
+    "uncertainty_weighted_sum",
+    "wise_combine",
+]
