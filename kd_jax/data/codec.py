@@ -1,0 +1,473 @@
+"""MPEG-4 Part 2 codec with PyAV, and CoViAR's compressed-domain representations.
+
+Videos are stored as raw MPEG-4 Part 2 elementary streams (FFmpeg's ``m4v`` format), I- and P-frames
+only, like CoViAR's ``reencode.sh`` (pkd_wise.md section 8.1). The FFmpeg mpeg4 encoder repeats the
+VOS/VOL headers before every I-VOP, so a fresh decoder can start at any keyframe: random access
+costs one GOP of decoding.
+
+:class:`CompressedVideo` gives, for any frame, the three CoViAR representations (section 8.3):
+
+* the I-frame of the frame's GOP (RGB);
+* the accumulated motion vector: for each pixel, current position minus the position in the I-frame
+  that the block-copy motion trace leads back to (channel 0 = x);
+* the accumulated residual: the frame minus the motion-traced I-frame.
+
+Unlike CoViAR's C loader, the residual is in RGB order (CoViAR's is BGR; see
+``transforms.normalize_residual`` for the matching std order), GOPs are indexed by the real
+keyframes (never ``idx // 12``), and a frame index is a plain frame number, so no request can
+overrun a GOP (the C loader returns silent zero arrays there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import io
+import os
+from collections.abc import Iterable, Sequence
+from typing import Union
+
+import av
+import numpy as np
+
+Source = Union[bytes, str, os.PathLike]
+
+_CODEC = "mpeg4"
+_FORMAT = "m4v"
+# A scene-cut threshold no frame can reach: keyframes come exactly every gop_size frames.
+_NO_SCENE_CUT = "1000000000"
+_EXPORT_MVS = "+export_mvs"
+_PictureType = av.video.frame.PictureType
+
+
+class VideoDecodeError(ValueError):
+  """A video could not be read: empty, truncated, corrupt, or not a video."""
+
+
+class _NoFramesError(ValueError):
+  pass
+
+
+def _describe(source: Source, name: str | None = None) -> str:
+  if name is not None:
+    return name
+  if isinstance(source, (bytes, bytearray, memoryview)):
+    return f"<bytes, {len(source)} bytes>"
+  return os.fspath(source)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding.
+
+
+def _check_encoder_args(width: int, height: int, gop_size: int, qscale: int) -> None:
+  if width <= 0 or height <= 0 or width % 2 or height % 2:
+    raise ValueError(f"frame size must be positive and even for yuv420p, got {width}x{height}")
+  if gop_size < 1:
+    raise ValueError(f"gop_size must be >= 1, got {gop_size}")
+  if not 1 <= qscale <= 31:
+    raise ValueError(f"qscale must be in [1, 31] (MPEG-4 quantiser), got {qscale}")
+
+
+def _encode_stream(frames: Iterable[av.VideoFrame], *, width: int, height: int, gop_size: int,
+                   qscale: int, keyframes: Iterable[int] = (), rate: int = 25) -> bytes:
+  """Encodes VideoFrames (any format; resized to width x height) into a raw m4v stream."""
+  _check_encoder_args(width, height, gop_size, qscale)
+  buf = io.BytesIO()
+  with av.open(buf, mode="w", format=_FORMAT) as out:
+    stream = out.add_stream(_CODEC, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    ctx = stream.codec_context
+    ctx.gop_size = gop_size
+    ctx.max_b_frames = 0
+    # `-q:v N` of the ffmpeg CLI sets a fixed qscale through each frame's `quality`, which PyAV
+    # frames do not expose; pinning qmin = qmax = N gives the same fixed quantiser.
+    ctx.qscale = True
+    ctx.global_quality = qscale
+    ctx.options = {"sc_threshold": _NO_SCENE_CUT, "qmin": str(qscale), "qmax": str(qscale)}
+    forced = set(int(k) for k in keyframes)
+    time_base = fractions.Fraction(1, rate)
+    n = 0
+    for frame in frames:
+      if frame.width != width or frame.height != height or frame.format.name != "yuv420p":
+        # Bicubic is the default scaler of ffmpeg's `scale` filter used by CoViAR.
+        frame = frame.reformat(width=width, height=height, format="yuv420p",
+                               interpolation="BICUBIC")
+      # A decoded frame keeps its picture type, and an I there would force an extra keyframe.
+      frame.pict_type = _PictureType.I if n in forced else _PictureType.NONE
+      # Fresh timestamps in the encoder's time base: PyAV rescales from the frame's own.
+      frame.pts, frame.time_base = n, time_base
+      n += 1
+      out.mux(stream.encode(frame))
+    if n == 0:
+      raise _NoFramesError("no frames to encode")
+    out.mux(stream.encode(None))
+  return buf.getvalue()
+
+
+def encode_frames(frames: np.ndarray, *, gop_size: int = 12, qscale: int = 1,
+                  keyframes: Iterable[int] = ()) -> bytes:
+  """Encodes RGB frames to a raw MPEG-4 Part 2 (``m4v``) stream of I- and P-frames.
+
+  Args:
+    frames: uint8 ``[T, H, W, 3]`` RGB frames; H and W must be even.
+    gop_size: a keyframe every ``gop_size`` frames (scene-cut detection is off).
+    qscale: fixed MPEG-4 quantiser, 1 (best, CoViAR's ``-q:v 1``) to 31.
+    keyframes: frame indices to force as I-frames in addition to the regular ones (the GOP counter
+      restarts there), e.g. to build streams with irregular GOPs.
+
+  Returns:
+    The encoded stream, readable by :class:`CompressedVideo`.
+  """
+  frames = np.asarray(frames)
+  if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+    raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+  _, height, width, _ = frames.shape
+  video_frames = (av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                  for rgb in frames)
+  return _encode_stream(video_frames, width=width, height=height, gop_size=gop_size,
+                        qscale=qscale, keyframes=keyframes)
+
+
+def reencode(source: Source, *, width: int = 340, height: int = 256, gop_size: int = 12,
+             qscale: int = 1, name: str | None = None) -> bytes:
+  """Re-encodes any video PyAV can read like CoViAR's ``reencode.sh``.
+
+  Equivalent to ``ffmpeg -i in -vf scale=W:H,setsar=1:1 -q:v 1 -c:v mpeg4 -g 12 -bf 0
+  -sc_threshold 1e9 -f rawvideo out``: resized to exactly ``width x height`` (aspect ratio not
+  kept), fixed quantiser, strict GOPs.
+
+  Args:
+    source: a file path or the file's bytes.
+    width, height: output frame size (even).
+    gop_size, qscale: as in :func:`encode_frames`.
+    name: how errors refer to the video (default: the path, or ``<bytes, N bytes>``).
+
+  Raises:
+    VideoDecodeError: the source is empty, not a video, or cannot be decoded.
+  """
+  what = _describe(source, name)
+  _check_encoder_args(width, height, gop_size, qscale)
+  if isinstance(source, (bytes, bytearray, memoryview)):
+    if len(source) == 0:
+      raise VideoDecodeError(f"{what}: empty input")
+    source = io.BytesIO(bytes(source))
+  try:
+    with av.open(source, mode="r") as container:
+      if not container.streams.video:
+        raise VideoDecodeError(f"{what}: no video stream")
+      stream = container.streams.video[0]
+      return _encode_stream(container.decode(stream), width=width, height=height,
+                            gop_size=gop_size, qscale=qscale)
+  except _NoFramesError as e:
+    raise VideoDecodeError(f"{what}: no decodable video frames") from e
+  except (av.FFmpegError, OSError) as e:
+    raise VideoDecodeError(f"{what}: cannot decode and re-encode ({e})") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding.
+
+
+@dataclasses.dataclass(frozen=True)
+class CoviarFrame:
+  """The three CoViAR representations of one frame (see :meth:`CompressedVideo.representations`).
+
+  Attributes:
+    iframe: uint8 ``[H, W, 3]``, RGB of the I-frame of the frame's GOP.
+    motion_vectors: int32 ``[H, W, 2]``, accumulated motion vectors (x, y).
+    residual: int32 ``[H, W, 3]``, accumulated residual, RGB order.
+  """
+  iframe: np.ndarray
+  motion_vectors: np.ndarray
+  residual: np.ndarray
+
+
+def _padded_packet(data: bytes) -> av.Packet:
+  # `av.Packet(bytes)` wraps the Python buffer without the zeroed AV_INPUT_BUFFER_PADDING_SIZE
+  # bytes FFmpeg's bitstream readers rely on; decoding such packets fails at random. A packet of
+  # a given size is allocated by av_new_packet, which pads.
+  packet = av.Packet(len(data))
+  packet.update(data)
+  return packet
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+  # Bicubic chroma upsampling, as CoViAR's sws_getContext(..., SWS_BICUBIC, ...).
+  return frame.to_ndarray(format="rgb24", interpolation="BICUBIC")
+
+
+def _block_copies(mvs: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+  """Flat (destination, source) pixel indices of the block copies of one P-frame.
+
+  CoViAR (coviar_data_loader.c) copies, for each exported vector with dst != src, the block of
+  w x h pixels around dst_x, dst_y from the same block around src_x, src_y, pixel by pixel, where
+  both pixels lie inside the frame.
+  """
+  dst_x = mvs["dst_x"].astype(np.int32)
+  dst_y = mvs["dst_y"].astype(np.int32)
+  dx = mvs["src_x"].astype(np.int32) - dst_x
+  dy = mvs["src_y"].astype(np.int32) - dst_y
+  moved = (dx != 0) | (dy != 0)
+  bws, bhs = mvs["w"].astype(np.int32), mvs["h"].astype(np.int32)
+  dsts, srcs = [], []
+  for bw, bh in sorted(set(zip(bws[moved].tolist(), bhs[moved].tolist()))):  # 16x16, 8x8 (4MV).
+    sel = moved & (bws == bw) & (bhs == bh)
+    ox = np.arange(-(bw // 2), bw // 2, dtype=np.int32)[None, None, :]
+    oy = np.arange(-(bh // 2), bh // 2, dtype=np.int32)[None, :, None]
+    cx = dst_x[sel, None, None] + ox  # [M, 1, bw]
+    cy = dst_y[sel, None, None] + oy  # [M, bh, 1]
+    sx = cx + dx[sel, None, None]
+    sy = cy + dy[sel, None, None]
+    ok = ((cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+          & (sx >= 0) & (sx < width) & (sy >= 0) & (sy < height))
+    dsts.append((cy * width + cx)[ok])
+    srcs.append((sy * width + sx)[ok])
+  if not dsts:
+    empty = np.zeros((0,), np.int32)
+    return empty, empty
+  return np.concatenate(dsts), np.concatenate(srcs)
+
+
+class CompressedVideo:
+  """Random access to a raw MPEG-4 Part 2 stream and its CoViAR representations.
+
+  The stream is demuxed once at construction (cheap: no decoding beyond the first frame, which
+  validates the input); GOPs are indexed by the real keyframes. Every request starts a fresh decoder
+  at the keyframe of the GOP it needs and decodes only up to the frame it needs, so memory stays
+  bounded by one GOP and nothing is cached.
+
+  For one training/test segment, :meth:`representations` returns the I-frame, the accumulated
+  motion vectors and the accumulated residual of a frame while decoding its GOP once; prefer it to
+  calling :meth:`iframe`, :meth:`motion_vectors` and :meth:`residual` separately (three decodes).
+
+  Frame indices are packet indices (one packet per frame in ``m4v``), as in CoViAR.
+
+  Args:
+    data: the stream (as written by :func:`encode_frames` / :func:`reencode`) as bytes or a uint8
+      array, or a path to it.
+    name: how errors refer to the video (default: the path, or ``<bytes, N bytes>``).
+
+  Raises:
+    VideoDecodeError: empty, truncated, corrupt or non-MPEG-4 input. Corruption past the first
+      frame is reported by the method whose decode meets it.
+  """
+
+  def __init__(self, data: Source | np.ndarray, *, name: str | None = None):
+    if isinstance(data, np.ndarray):  # e.g. a uint8 feature read back from array_record.
+      data = data.tobytes()
+    self._name = _describe(data, name)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+      try:
+        with open(data, "rb") as f:
+          data = f.read()
+      except OSError as e:
+        raise VideoDecodeError(f"{self._name}: cannot read ({e})") from e
+    if len(data) == 0:
+      raise VideoDecodeError(f"{self._name}: empty input (0 bytes)")
+    try:
+      with av.open(io.BytesIO(bytes(data)), mode="r", format=_FORMAT) as container:
+        stream = container.streams.video[0]
+        self._width = stream.codec_context.width
+        self._height = stream.codec_context.height
+        packets = [(bytes(p), p.is_keyframe) for p in container.demux(stream) if p.size > 0]
+    except (av.FFmpegError, IndexError) as e:
+      raise VideoDecodeError(f"{self._name}: cannot demux as an MPEG-4 Part 2 stream ({e})") from e
+    if not packets or self._width <= 0 or self._height <= 0:
+      raise VideoDecodeError(f"{self._name}: not an MPEG-4 Part 2 video stream (no decodable "
+                             "video header)")
+    if not packets[0][1]:
+      raise VideoDecodeError(f"{self._name}: stream does not start with a keyframe")
+    self._packets = [p for p, _ in packets]
+    self._gop_starts = np.array([i for i, (_, key) in enumerate(packets) if key], np.int64)
+    self._gop_starts.flags.writeable = False
+    for _ in self._decode(0, 1):  # Validates the first frame.
+      pass
+
+  # -- Properties ---------------------------------------------------------------------------
+
+  @property
+  def name(self) -> str:
+    return self._name
+
+  @property
+  def num_frames(self) -> int:
+    return len(self._packets)
+
+  @property
+  def gop_starts(self) -> np.ndarray:
+    """int64 ``[G]``: frame index of each GOP's I-frame (read-only), ascending, starting at 0."""
+    return self._gop_starts
+
+  @property
+  def height(self) -> int:
+    return self._height
+
+  @property
+  def width(self) -> int:
+    return self._width
+
+  def __repr__(self) -> str:
+    return (f"CompressedVideo({self._name}, {self.num_frames} frames, {self._width}x"
+            f"{self._height}, {len(self._gop_starts)} GOPs)")
+
+  # -- Indexing -----------------------------------------------------------------------------
+
+  def _check_index(self, frame_index: int) -> int:
+    i = int(frame_index)
+    if not 0 <= i < self.num_frames:
+      raise IndexError(f"{self._name}: frame {i} out of range [0, {self.num_frames})")
+    return i
+
+  def gop_index(self, frame_index: int) -> tuple[int, int]:
+    """(GOP number, position in the GOP) of a frame; position 0 is the I-frame."""
+    i = self._check_index(frame_index)
+    gop = int(np.searchsorted(self._gop_starts, i, side="right")) - 1
+    return gop, i - int(self._gop_starts[gop])
+
+  def gop_length(self, gop: int) -> int:
+    """Number of frames of GOP ``gop``."""
+    starts = self._gop_starts
+    end = int(starts[gop + 1]) if gop + 1 < len(starts) else self.num_frames
+    return end - int(starts[gop])
+
+  # -- Decoding -----------------------------------------------------------------------------
+
+  def _new_decoder(self) -> av.CodecContext:
+    ctx = av.CodecContext.create(_CODEC, "r")
+    ctx.options = {"flags2": _EXPORT_MVS}
+    # One slice thread: no frame-threading delay (one frame out per packet in), and data workers
+    # already run in parallel.
+    ctx.thread_type = "SLICE"
+    ctx.thread_count = 1
+    return ctx
+
+  def _decode(self, start: int, stop: int) -> Iterable[tuple[int, av.VideoFrame]]:
+    """Yields (index, frame) for frames [start, stop), starting a fresh decoder at a keyframe."""
+    ctx = self._new_decoder()
+    for i in range(start, stop):
+      try:
+        frames = ctx.decode(_padded_packet(self._packets[i]))
+      except av.FFmpegError as e:
+        raise VideoDecodeError(f"{self._name}: frame {i} does not decode ({e})") from e
+      if len(frames) != 1 or frames[0].is_corrupt:
+        raise VideoDecodeError(f"{self._name}: frame {i} is corrupt or truncated")
+      frame = frames[0]
+      if frame.width != self._width or frame.height != self._height:
+        raise VideoDecodeError(f"{self._name}: frame {i} is {frame.width}x{frame.height}, "
+                               f"expected {self._width}x{self._height}")
+      yield i, frame
+
+  def _trace(self, frame_index: int, *, need_rgb: bool
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Decodes a frame's GOP up to it and returns (trace, I-frame RGB, frame RGB).
+
+    ``trace`` is int32 ``[H * W]``: for each pixel (flat index y * W + x), the flat index of the
+    I-frame pixel it traces back to through the block copies of the P-frames (section 8.3).
+    """
+    i = self._check_index(frame_index)
+    gop, _ = self.gop_index(i)
+    start = int(self._gop_starts[gop])
+    h, w = self._height, self._width
+    trace = np.arange(h * w, dtype=np.int32)
+    iframe = rgb = None
+    for j, frame in self._decode(start, i + 1):
+      if j > start:
+        side = frame.side_data.get("MOTION_VECTORS")
+        if side is not None and len(side):
+          mvs = side.to_ndarray()
+          if np.any(mvs["source"] > 0):
+            raise VideoDecodeError(f"{self._name}: frame {j} has B-frame (future) references, "
+                                   "which CoViAR representations do not support")
+          dst, src = _block_copies(mvs, h, w)
+          new = trace.copy()
+          new[dst] = trace[src]
+          trace = new
+      if need_rgb and j == start:
+        iframe = _to_rgb(frame)
+      if need_rgb and j == i:
+        rgb = iframe if j == start else _to_rgb(frame)
+    return trace, iframe, rgb
+
+  def _mv_from_trace(self, trace: np.ndarray) -> np.ndarray:
+    h, w = self._height, self._width
+    trace = trace.reshape(h, w)
+    mv = np.empty((h, w, 2), np.int32)
+    mv[..., 0] = np.arange(w, dtype=np.int64)[None, :] - trace % w
+    mv[..., 1] = np.arange(h, dtype=np.int64)[:, None] - trace // w
+    return mv
+
+  def _residual_from_trace(self, trace: np.ndarray, iframe: np.ndarray,
+                           rgb: np.ndarray) -> np.ndarray:
+    warped = iframe.reshape(-1, 3)[trace].reshape(rgb.shape)
+    return rgb.astype(np.int32) - warped.astype(np.int32)
+
+  # -- Public accessors ---------------------------------------------------------------------
+
+  def iframe(self, frame_index: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: RGB of the I-frame of the GOP that contains ``frame_index``."""
+    gop, _ = self.gop_index(frame_index)
+    start = int(self._gop_starts[gop])
+    (_, frame), = self._decode(start, start + 1)
+    return _to_rgb(frame)
+
+  def motion_vectors(self, frame_index: int) -> np.ndarray:
+    """int32 ``[H, W, 2]``: CoViAR accumulated motion vectors back to the GOP's I-frame.
+
+    Channel 0 is x, 1 is y; value = current position minus traced I-frame position, so content
+    moving right by v px/frame reads +k*v at GOP position k. Zero on an I-frame.
+    """
+    trace, _, _ = self._trace(frame_index, need_rgb=False)
+    return self._mv_from_trace(trace)
+
+  def residual(self, frame_index: int) -> np.ndarray:
+    """int32 ``[H, W, 3]``: frame minus the motion-traced I-frame, RGB order. Zero on an I-frame."""
+    trace, iframe, rgb = self._trace(frame_index, need_rgb=True)
+    return self._residual_from_trace(trace, iframe, rgb)
+
+  def representations(self, frame_index: int) -> CoviarFrame:
+    """I-frame, accumulated motion vectors and residual of a frame, decoding its GOP once.
+
+    This is the per-segment call of the data pipeline. For the fused (PKD IC-training) loader,
+    pass ``gop_starts[g] + p``: the I-frame of GOP ``g`` and the P-frame at position ``p`` of the
+    same GOP come from one decode.
+    """
+    trace, iframe, rgb = self._trace(frame_index, need_rgb=True)
+    return CoviarFrame(iframe=iframe, motion_vectors=self._mv_from_trace(trace),
+                       residual=self._residual_from_trace(trace, iframe, rgb))
+
+  def rgb(self, start: int, count: int) -> np.ndarray:
+    """uint8 ``[count, H, W, 3]``: the decoded RGB frames ``start .. start + count - 1``."""
+    if count < 1 or start < 0 or start + count > self.num_frames:
+      raise IndexError(f"{self._name}: frames [{start}, {start + count}) out of range "
+                       f"[0, {self.num_frames})")
+    return self.frames(np.arange(start, start + count))
+
+  def frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]``: the RGB frames at ``indices`` (any order, repeats allowed).
+
+    Each distinct frame is decoded once; a decoder runs on across consecutive needed frames and
+    restarts at a keyframe only when skipping ahead pays (a gap that crosses a GOP start).
+    Loop-padded clip indices therefore cost one pass over the clip.
+    """
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if indices.size == 0:
+      return np.zeros((0, self._height, self._width, 3), np.uint8)
+    for i in (int(indices.min()), int(indices.max())):
+      self._check_index(i)
+    wanted = np.unique(indices)
+    # Keyframe at or before each wanted frame: where a fresh decoder for it would start.
+    starts = self._gop_starts[np.searchsorted(self._gop_starts, wanted, side="right") - 1]
+    decoded = {}
+    pos = 0
+    while pos < len(wanted):
+      end = pos + 1
+      # Decode on while restarting at the next wanted frame's keyframe would skip nothing.
+      while end < len(wanted) and starts[end] <= wanted[end - 1] + 1:
+        end += 1
+      want = set(wanted[pos:end].tolist())
+      for j, frame in self._decode(int(starts[pos]), int(wanted[end - 1]) + 1):
+        if j in want:
+          decoded[j] = _to_rgb(frame)
+      pos = end
+    return np.stack([decoded[i] for i in indices.tolist()])

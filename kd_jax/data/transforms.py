@@ -1,0 +1,209 @@
+"""Spatial transforms and per-modality normalisation, in NumPy (CoViAR / TSN conventions).
+
+Arrays are channels-last with any leading axes: an image ``[H, W, C]`` or a group of frames
+``[T, H, W, C]`` (all frames of a group get the same crop and flip, as TSN's ``Group*``
+transforms). Randomness comes only from the ``numpy.random.Generator`` passed in.
+
+Recommended order (pkd_wise.md section 8.4): crop / resize / flip the raw representations (uint8
+RGB, signed int MVs, signed int residuals), then normalise. CoViAR normalises MVs and residuals to
+uint8 first and resizes those; resizing the raw values instead only moves results by rounding
+(at most about 1/255 after normalisation).
+
+* Train: :func:`multiscale_crop` (GroupMultiScaleCrop) then :func:`random_hflip`.
+* Test: :func:`resize` to 256 x 256 (aspect not kept), :func:`center_crop` to 224.
+* MV maps are resized per channel without rescaling the vector magnitudes; a flip negates x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# CoViAR divides its BGR residual by IMAGENET_STD in channel order, i.e. blue by 0.229 and red by
+# 0.225. kd_jax residuals are RGB; this order keeps the same divisor per colour.
+RESIDUAL_STD_RGB = IMAGENET_STD[::-1]
+MV_BOUND = 20.0  # CoViAR's clip_and_scale(mv, 20): +-20 px map to the ends of the uint8 range.
+
+IFRAME_SCALES = (1.0, 0.875, 0.75, 0.66)
+MV_RESIDUAL_SCALES = (1.0, 0.875, 0.75)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  h, w = size
+  return int(h), int(w)
+
+
+def _check_frames(x: np.ndarray) -> None:
+  if x.ndim < 3:
+    raise ValueError(f"expected [..., H, W, C] frames, got shape {x.shape}")
+
+
+# -- Geometry -------------------------------------------------------------------------------------
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  # Half-pixel centres, source clamped at the borders: OpenCV INTER_LINEAR (no antialiasing),
+  # identical to torch's bilinear with align_corners=False.
+  src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+  src = np.clip(src, 0, in_size - 1)
+  lo = np.floor(src).astype(np.int64)
+  hi = np.minimum(lo + 1, in_size - 1)
+  return lo, hi, (src - lo).astype(np.float32)
+
+
+def resize(x: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+  """Bilinear resize of ``[..., H, W, C]`` to ``size`` (``(h, w)`` or a square side).
+
+  OpenCV ``INTER_LINEAR`` semantics (CoViAR's ``cv2.resize``). uint8 input gives uint8 (rounded);
+  any other input gives float32. Channels are resized independently, so motion vectors keep their
+  magnitudes (CoViAR's ``resize_mv``).
+  """
+  x = np.asarray(x)
+  _check_frames(x)
+  out_h, out_w = _pair(size)
+  if out_h < 1 or out_w < 1:
+    raise ValueError(f"size must be positive, got {size}")
+  in_h, in_w = x.shape[-3], x.shape[-2]
+  y = x.astype(np.float32)
+  if (out_h, out_w) != (in_h, in_w):
+    lo, hi, f = _linear_taps(in_h, out_h)
+    f = f[:, None, None]
+    y = y[..., lo, :, :] * (1 - f) + y[..., hi, :, :] * f
+    lo, hi, f = _linear_taps(in_w, out_w)
+    f = f[:, None]
+    y = y[..., lo, :] * (1 - f) + y[..., hi, :] * f
+  if x.dtype == np.uint8:
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+  return y
+
+
+def crop(x: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+  """The window ``[top:top + height, left:left + width]`` of ``[..., H, W, C]``."""
+  x = np.asarray(x)
+  _check_frames(x)
+  if top < 0 or left < 0 or top + height > x.shape[-3] or left + width > x.shape[-2]:
+    raise ValueError(f"crop {height}x{width} at ({top}, {left}) exceeds frames of shape {x.shape}")
+  return x[..., top:top + height, left:left + width, :]
+
+
+def center_crop(x: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+  """Central ``size`` window; the offset is ``(H - h) // 2`` as in CoViAR's GroupCenterCrop."""
+  x = np.asarray(x)
+  _check_frames(x)
+  h, w = _pair(size)
+  return crop(x, (x.shape[-3] - h) // 2, (x.shape[-2] - w) // 2, h, w)
+
+
+def multiscale_crop_offsets(height: int, width: int, crop_h: int, crop_w: int,
+                            more_fix_crop: bool = True) -> list[tuple[int, int]]:
+  """TSN's fixed (top, left) crop positions: 4 corners and centre, plus 8 more (13 in all)."""
+  hs, ws = (height - crop_h) // 4, (width - crop_w) // 4
+  grid = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)]
+  if more_fix_crop:
+    grid += [(2, 0), (2, 4), (4, 2), (0, 2), (1, 1), (1, 3), (3, 1), (3, 3)]
+  return [(i * hs, j * ws) for i, j in grid]
+
+
+def sample_multiscale_crop(rng: np.random.Generator, height: int, width: int,
+                           output_size: int | Sequence[int], *,
+                           scales: Sequence[float] = IFRAME_SCALES, max_distort: int = 1,
+                           fix_crop: bool = False,
+                           more_fix_crop: bool = True) -> tuple[int, int, int, int]:
+  """Draws a GroupMultiScaleCrop window ``(top, left, crop_h, crop_w)``.
+
+  Crop sides are ``int(min(H, W) * scale)`` for each scale, chosen independently for height and
+  width with scale indices at most ``max_distort`` apart, uniformly over the allowed pairs; a side
+  within 2 px of the output side snaps to it. The offset is uniform over all positions
+  (``fix_crop=False``, CoViAR) or one of TSN's fixed positions (``fix_crop=True``, GenKD).
+  """
+  out_h, out_w = _pair(output_size)
+  base = min(height, width)
+  sides = [int(base * s) for s in scales]
+  sides_h = [out_h if abs(s - out_h) < 3 else s for s in sides]
+  sides_w = [out_w if abs(s - out_w) < 3 else s for s in sides]
+  pairs = [(h, w) for i, h in enumerate(sides_h) for j, w in enumerate(sides_w)
+           if abs(i - j) <= max_distort]
+  crop_h, crop_w = pairs[int(rng.integers(len(pairs)))]
+  if crop_h > height or crop_w > width or min(crop_h, crop_w) < 1:
+    raise ValueError(f"crop {crop_h}x{crop_w} does not fit frames of {height}x{width}")
+  if fix_crop:
+    offsets = multiscale_crop_offsets(height, width, crop_h, crop_w, more_fix_crop)
+    top, left = offsets[int(rng.integers(len(offsets)))]
+  else:
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+  return top, left, crop_h, crop_w
+
+
+def multiscale_crop(x: np.ndarray, rng: np.random.Generator, output_size: int | Sequence[int], *,
+                    scales: Sequence[float] = IFRAME_SCALES, max_distort: int = 1,
+                    fix_crop: bool = False, more_fix_crop: bool = True) -> np.ndarray:
+  """GroupMultiScaleCrop: one random multi-scale window for all frames, resized to the output.
+
+  CoViAR uses scales ``(1, .875, .75, .66)`` for I-frames and ``(1, .875, .75)`` for MV and
+  residual (``MV_RESIDUAL_SCALES``), output 224 (256 in PKD's fused loader).
+  """
+  x = np.asarray(x)
+  _check_frames(x)
+  top, left, h, w = sample_multiscale_crop(
+      rng, x.shape[-3], x.shape[-2], output_size, scales=scales, max_distort=max_distort,
+      fix_crop=fix_crop, more_fix_crop=more_fix_crop)
+  return resize(crop(x, top, left, h, w), output_size)
+
+
+def hflip(x: np.ndarray, *, is_mv: bool = False) -> np.ndarray:
+  """Mirrors left-right; for motion vectors (channel 0 = x) also negates the x component."""
+  x = np.asarray(x)
+  _check_frames(x)
+  y = x[..., ::-1, :].copy()
+  if is_mv:
+    if y.shape[-1] != 2:
+      raise ValueError(f"motion vectors have 2 channels, got shape {x.shape}")
+    if y.dtype == np.uint8:
+      raise ValueError("flip raw (signed) motion vectors, before normalize_mv")
+    y[..., 0] = -y[..., 0]
+  return y
+
+
+def random_hflip(x: np.ndarray, rng: np.random.Generator, *, is_mv: bool = False,
+                 p: float = 0.5) -> tuple[np.ndarray, bool]:
+  """:func:`hflip` with probability ``p``; returns the frames and whether they were flipped."""
+  flipped = bool(rng.random() < p)
+  return (hflip(x, is_mv=is_mv) if flipped else np.asarray(x)), flipped
+
+
+# -- Normalisation ------------------------------------------------------------------------------
+
+
+def normalize_rgb(x: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+  """RGB in [0, 255] to ``(x / 255 - mean) / std``, float32 (I-frames, I3D clips)."""
+  x = np.asarray(x, np.float32) / 255.0
+  return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+
+
+normalize_iframe = normalize_rgb
+
+
+def normalize_mv(mv: np.ndarray, bound: float = MV_BOUND) -> np.ndarray:
+  """CoViAR's MV input: ``clip(trunc(mv * 127.5 / bound) + 128, 0, 255) / 255 - 0.5``, float32.
+
+  About ``mv / (2 * bound)``, saturating at +-``bound`` px. The truncation toward zero is CoViAR's
+  ``astype(np.int32)``.
+  """
+  q = np.trunc(np.asarray(mv, np.float64) * (127.5 / bound)) + 128
+  return (np.clip(q, 0, 255) / 255.0 - 0.5).astype(np.float32)
+
+
+def normalize_residual(res: np.ndarray, std: Sequence[float] = RESIDUAL_STD_RGB) -> np.ndarray:
+  """CoViAR's residual input: ``(clip(res + 128, 0, 255) / 255 - 0.5) / std``, float32.
+
+  ``std`` defaults to CoViAR's per-colour divisors for an RGB residual (see ``RESIDUAL_STD_RGB``).
+  """
+  v = np.clip(np.asarray(res, np.float64) + 128, 0, 255) / 255.0 - 0.5
+  return (v / np.asarray(std, np.float64)).astype(np.float32)

@@ -1,0 +1,280 @@
+"""Tests of kd_jax.data.codec: MPEG-4 encoding and the CoViAR representations."""
+
+import io
+
+import av
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from kd_jax.data import codec
+
+H, W = 64, 96
+
+
+def _texture(width: int, height: int = H, seed: int = 0) -> np.ndarray:
+  """A smooth, well-textured image: strong luma detail, mild colour (survives 4:2:0)."""
+  rng = np.random.default_rng(seed)
+  g = ndimage.gaussian_filter(rng.normal(size=(height, width)), 1.2)
+  g = g / g.std() * 50 + 128
+  return np.clip(np.stack([g, 0.9 * g + 10, 0.8 * g + 30], -1), 0, 255).astype(np.uint8)
+
+
+def _pan(vx: int, vy: int = 0, num_frames: int = 24, h: int = H, w: int = W) -> np.ndarray:
+  """Frames of a texture whose content moves by (vx, vy) px per frame."""
+  margin = 4 + num_frames * max(abs(vx), abs(vy))
+  tex = _texture(w + 2 * margin, h + 2 * margin)
+  return np.stack([tex[margin - t * vy:margin - t * vy + h, margin - t * vx:margin - t * vx + w]
+                   for t in range(num_frames)])
+
+
+def _keyframes_of(data: bytes) -> list[int]:
+  """Keyframe indices read back by PyAV directly (independent of CompressedVideo)."""
+  with av.open(io.BytesIO(data), format="m4v") as c:
+    return [i for i, f in enumerate(c.decode(video=0)) if f.pict_type == 1]
+
+
+@pytest.fixture(scope="module")
+def pan_right():
+  frames = _pan(2)
+  return frames, codec.encode_frames(frames)
+
+
+# -- Encoding and GOP indexing -------------------------------------------------------------------
+
+
+def test_encode_strict_gops_despite_scene_cut():
+  rng = np.random.default_rng(1)
+  frames = np.concatenate([np.repeat(_texture(W)[None], 17, 0),
+                           rng.integers(0, 256, (23, H, W, 3), dtype=np.uint8)])
+  data = codec.encode_frames(frames)
+  assert _keyframes_of(data) == [0, 12, 24, 36]
+  video = codec.CompressedVideo(np.frombuffer(data, np.uint8))
+  assert video.num_frames == 40
+  assert (video.height, video.width) == (H, W)
+  np.testing.assert_array_equal(video.gop_starts, [0, 12, 24, 36])
+
+
+@pytest.mark.parametrize("gop_size,keyframes,expected", [
+    (5, (), [0, 5, 10, 15, 20, 25]),
+    (12, (7, 9), [0, 7, 9, 21]),
+])
+def test_irregular_keyframes(gop_size, keyframes, expected):
+  frames = _pan(1, num_frames=30)
+  data = codec.encode_frames(frames, gop_size=gop_size, keyframes=keyframes)
+  assert _keyframes_of(data) == expected
+  video = codec.CompressedVideo(data)
+  np.testing.assert_array_equal(video.gop_starts, expected)
+  starts = expected + [30]
+  for g, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+    assert video.gop_length(g) == b - a
+    for i in (a, b - 1):
+      assert video.gop_index(i) == (g, i - a)
+      # The I-frame of frame i's GOP is the source frame at the real keyframe, not i // 12 * 12.
+      err = np.abs(video.iframe(i).astype(int) - frames[a]).mean()
+      assert err < 4.0, (i, a, err)
+
+
+def test_iframes_and_rgb_match_source(pan_right):
+  frames, data = pan_right
+  video = codec.CompressedVideo(data)
+  for i in (0, 5, 12, 23):
+    gop_start = 12 * (i // 12)  # Strict 12-frame GOPs in this stream.
+    assert np.abs(video.iframe(i).astype(int) - frames[gop_start]).mean() < 4.0
+  clip = video.rgb(3, 14)
+  assert clip.shape == (14, H, W, 3) and clip.dtype == np.uint8
+  assert np.abs(clip.astype(int) - frames[3:17]).mean() < 4.0
+  # Arbitrary, repeated and wrapped indices give the same frames as a contiguous decode.
+  all_frames = video.rgb(0, 24)
+  idx = [20, 21, 22, 23, 0, 1, 2, 13, 13, 5]
+  np.testing.assert_array_equal(video.frames(idx), all_frames[idx])
+
+
+def test_qscale_controls_quality():
+  frames = _pan(1, num_frames=6)
+  fine = codec.encode_frames(frames, qscale=1)
+  coarse = codec.encode_frames(frames, qscale=10)
+  assert len(fine) > 1.5 * len(coarse)
+  err = lambda d: np.abs(codec.CompressedVideo(d).rgb(0, 6).astype(int) - frames).mean()
+  assert err(fine) < err(coarse)
+
+
+def test_reencode_resizes_any_container(tmp_path):
+  # A source in another codec and container, at another size.
+  path = tmp_path / "src.avi"
+  src = np.zeros((15, 80, 120, 3), np.uint8)
+  src[:, :, :60] = (200, 40, 40)  # Left half red, right half blue.
+  src[:, :, 60:] = (30, 60, 220)
+  with av.open(str(path), "w") as out:
+    stream = out.add_stream("mjpeg", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 120, 80, "yuvj420p"
+    for f in src:
+      out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+    out.mux(stream.encode(None))
+  data = codec.reencode(path, width=64, height=48, gop_size=6)
+  assert _keyframes_of(data) == [0, 6, 12]
+  video = codec.CompressedVideo(data)
+  assert (video.num_frames, video.height, video.width) == (15, 48, 64)
+  frame = video.rgb(14, 1)[0].astype(int)
+  # Aspect ratio is not kept: the halves stay halves of the 64-pixel width.
+  assert np.abs(frame[:, :28] - (200, 40, 40)).mean() < 12
+  assert np.abs(frame[:, 36:] - (30, 60, 220)).mean() < 12
+  assert codec.reencode(path.read_bytes(), width=64, height=48, gop_size=6) == data
+
+
+def test_encode_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="uint8"):
+    codec.encode_frames(np.zeros((2, 16, 16, 3), np.float32))
+  with pytest.raises(ValueError, match="even"):
+    codec.encode_frames(np.zeros((2, 15, 16, 3), np.uint8))
+  with pytest.raises(ValueError, match="qscale"):
+    codec.encode_frames(np.zeros((2, 16, 16, 3), np.uint8), qscale=0)
+  with pytest.raises(ValueError, match="no frames"):
+    codec.encode_frames(np.zeros((0, 16, 16, 3), np.uint8))
+
+
+# -- Motion vectors and residuals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vx,vy,h,w", [(2, 0, H, W), (-1, 0, H, W), (0, 1, H, W),
+                                        (1, -1, 56, 88)])  # Not whole macroblocks: 3.5 x 5.5.
+def test_accumulated_mv_of_pan(vx, vy, h, w):
+  frames = _pan(vx, vy, h=h, w=w)
+  video = codec.CompressedVideo(codec.encode_frames(frames))
+  for frame_index in (1, 4, 11, 12, 17):
+    k = frame_index % 12
+    mv = video.motion_vectors(frame_index)
+    assert mv.shape == (h, w, 2) and mv.dtype == np.int32
+    # Textured interior: a block margin, plus the strip whose content entered the frame after the
+    # I-frame (it cannot trace back into it).
+    y0, y1 = 16 + max(k * vy, 0), h - 16 + min(k * vy, 0)
+    x0, x1 = 16 + max(k * vx, 0), w - 16 + min(k * vx, 0)
+    interior = mv[y0:y1, x0:x1]
+    assert interior.size > 0
+    np.testing.assert_array_equal(interior[..., 0], k * vx, err_msg=f"frame {frame_index}")
+    np.testing.assert_array_equal(interior[..., 1], k * vy, err_msg=f"frame {frame_index}")
+
+
+def test_iframe_representations_are_zero(pan_right):
+  _, data = pan_right
+  video = codec.CompressedVideo(data)
+  rep = video.representations(12)
+  assert not rep.motion_vectors.any()
+  assert not rep.residual.any()
+
+
+def test_residual_static_and_moving(pan_right):
+  frames, data = pan_right
+  static = codec.CompressedVideo(codec.encode_frames(np.repeat(frames[:1], 8, 0)))
+  assert np.abs(static.residual(7)).mean() < 0.5
+  video = codec.CompressedVideo(data)
+  rep = video.representations(9)
+  assert rep.residual.dtype == np.int32 and rep.residual.shape == (H, W, 3)
+  naive = np.abs(frames[9].astype(int) - frames[0])
+  assert np.abs(rep.residual).mean() < 0.35 * naive.mean()
+  # Away from the strip that entered the frame after the I-frame (9 frames x 2 px) and the
+  # borders, the motion-compensated residual is codec noise only.
+  inner = np.s_[16:-16, 16 + 18:-16]
+  assert np.abs(rep.residual[inner]).mean() < 0.1 * naive[inner].mean()
+
+
+def test_representations_satisfy_coviar_identity(pan_right):
+  """frame(i) = I(i - D(i)) + R(i): the residual is relative to the MV-traced I-frame."""
+  _, data = pan_right
+  video = codec.CompressedVideo(data)
+  frame_index = 19
+  rep = video.representations(frame_index)
+  decoded = video.rgb(frame_index, 1)[0].astype(int)
+  yy, xx = np.mgrid[:H, :W]
+  src_y = yy - rep.motion_vectors[..., 1]
+  src_x = xx - rep.motion_vectors[..., 0]
+  traced = rep.iframe[src_y, src_x].astype(int)
+  np.testing.assert_array_equal(decoded, traced + rep.residual)
+  # The one-decode accessor agrees with the separate ones.
+  np.testing.assert_array_equal(rep.iframe, video.iframe(frame_index))
+  np.testing.assert_array_equal(rep.motion_vectors, video.motion_vectors(frame_index))
+  np.testing.assert_array_equal(rep.residual, video.residual(frame_index))
+
+
+_MV_DTYPE = np.dtype([("source", "<i4"), ("w", "u1"), ("h", "u1"), ("src_x", "<i2"),
+                      ("src_y", "<i2"), ("dst_x", "<i2"), ("dst_y", "<i2"), ("flags", "<u8"),
+                      ("motion_x", "<i4"), ("motion_y", "<i4"), ("motion_scale", "<u2")])
+
+
+def test_block_copies_match_per_pixel_loop():
+  """The vectorised trace step equals a literal per-pixel port of coviar_data_loader.c."""
+  h, w = 20, 40
+  rows = [  # (w, h, src_x, src_y, dst_x, dst_y)
+      (16, 16, 5, 9, 8, 8),  # Partly outside at the top-left.
+      (16, 16, 24, 8, 24, 8),  # No motion: ignored.
+      (8, 8, 39, 14, 36, 12),  # Source partly outside at the right.
+      (8, 8, 30, 5, 28, 4),
+  ]
+  mvs = np.zeros(len(rows), _MV_DTYPE)
+  for r, (bw, bh, sx, sy, dx, dy) in enumerate(rows):
+    mvs[r] = (-1, bw, bh, sx, sy, dx, dy, 0, 0, 0, 2)
+  rng = np.random.default_rng(0)
+  old = rng.permutation(h * w).astype(np.int32).reshape(h, w)
+  expected = old.copy()
+  for bw, bh, sx, sy, dx, dy in rows:
+    if (sx, sy) == (dx, dy):
+      continue
+    for ox in range(-bw // 2, bw // 2):
+      for oy in range(-bh // 2, bh // 2):
+        c, r, pc, pr = dx + ox, dy + oy, sx + ox, sy + oy
+        if 0 <= c < w and 0 <= r < h and 0 <= pc < w and 0 <= pr < h:
+          expected[r, c] = old[pr, pc]
+  dst, src = codec._block_copies(mvs, h, w)
+  got = old.reshape(-1).copy()
+  got[dst] = old.reshape(-1)[src]
+  np.testing.assert_array_equal(got.reshape(h, w), expected)
+
+
+# -- Bad input ------------------------------------------------------------------------------------
+
+
+def test_zero_bytes_and_non_video():
+  with pytest.raises(codec.VideoDecodeError, match=r"<bytes, 0 bytes>.*empty"):
+    codec.CompressedVideo(b"")
+  with pytest.raises(codec.VideoDecodeError, match="clip.m4v"):
+    codec.CompressedVideo(b"this is not a video at all " * 50, name="clip.m4v")
+  noise = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+  with pytest.raises(codec.VideoDecodeError, match="<bytes, 4000 bytes>"):
+    codec.CompressedVideo(noise)
+  with pytest.raises(codec.VideoDecodeError, match="empty"):
+    codec.reencode(b"")
+  with pytest.raises(codec.VideoDecodeError, match="junk"):
+    codec.reencode(b"junk" * 100, name="junk")
+  with pytest.raises(codec.VideoDecodeError, match="missing.m4v"):
+    codec.CompressedVideo("/nonexistent/missing.m4v")
+
+
+def test_truncated_stream(pan_right):
+  _, data = pan_right
+  video = codec.CompressedVideo(data[:-200], name="cut.m4v")
+  assert video.num_frames == 24
+  video.rgb(0, 23)  # Everything before the cut decodes.
+  with pytest.raises(codec.VideoDecodeError, match=r"cut.m4v.*frame 23"):
+    video.representations(23)
+  with pytest.raises(codec.VideoDecodeError, match="cut.m4v"):
+    codec.CompressedVideo(data[:60], name="cut.m4v")
+
+
+def test_corrupt_stream(pan_right):
+  _, data = pan_right
+  bad = bytearray(data)
+  middle = len(bad) * 3 // 4  # Inside the second GOP.
+  bad[middle:middle + 16] = np.random.default_rng(0).integers(0, 256, 16, np.uint8).tobytes()
+  video = codec.CompressedVideo(bytes(bad), name="bad.m4v")
+  video.rgb(0, 12)  # The first GOP is intact.
+  with pytest.raises(codec.VideoDecodeError, match="bad.m4v"):
+    video.rgb(0, video.num_frames)
+
+
+def test_index_out_of_range(pan_right):
+  _, data = pan_right
+  video = codec.CompressedVideo(data)
+  with pytest.raises(IndexError):
+    video.iframe(24)
+  with pytest.raises(IndexError):
+    video.rgb(20, 5)

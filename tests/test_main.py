@@ -1,0 +1,100 @@
+"""The command line: flags, one-line errors with exit status 2, config.json, and the smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from kd_jax import main as kd_main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-m", "kd_jax.main", *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+  )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+  assert proc.returncode == 2, proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith("kd_jax: error: ")
+  assert "Traceback" not in proc.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("--config", "configs/smoke.py", "--config.method=no_such_method"),
+         ("'no_such_method'", "available: ", "smoke")),
+        (("--config", "configs/does_not_exist.py"), ("configs/does_not_exist.py", "not found")),
+        (("--config", "configs/smoke.py", "--config.smoke.widht=3"),
+         ("--config.smoke.widht=3", "'widht'")),
+        (("--config", "configs/smoke.py", "--config.seed=abc"), ("--config.seed=abc",)),
+        (("--config", "configs/smoke.py:no_such_variant"), ("no_such_variant",)),
+        (("--workdir", "/tmp/x"), ("--config is required",)),
+        (("--config", "configs/smoke.py", "stray"), ("unexpected arguments",)),
+    ],
+    ids=["unknown-method", "missing-file", "unknown-field", "bad-type", "bad-variant",
+         "no-config", "stray-arg"],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needles):
+  if "--workdir" not in args:
+    args = (*args, "--workdir", str(tmp_path / "wd"))
+  assert_one_line_error(run_cli(*args), *needles)
+  assert not (tmp_path / "wd").exists(), "nothing may be written for a rejected command line"
+
+
+def test_helpfull_lists_config_and_workdir():
+  proc = run_cli("--helpfull")
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout + proc.stderr
+  for flag in ("--config:", "--workdir:", "--[no]distributed:"):
+    assert flag in out
+
+
+@pytest.mark.parametrize(
+    "spec, want",
+    [
+        ("configs/pkd_hmdb.py", os.path.join("runs", "pkd_hmdb")),
+        ("configs/quickstart.py:smoke", os.path.join("runs", "quickstart_smoke")),
+        ("/abs/path/x.py:a,b=1", os.path.join("runs", "x_a_b_1")),
+    ],
+)
+def test_default_workdir(spec, want):
+  assert kd_main.default_workdir(spec) == want
+
+
+def test_smoke_run_end_to_end(tmp_path):
+  workdir = tmp_path / "smoke"
+  proc = run_cli("--config", "configs/smoke.py", "--workdir", str(workdir),
+                 "--config.smoke.num_steps=150")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["method"] == "smoke" and config["smoke"]["num_steps"] == 150
+  results = json.loads((workdir / "results.json").read_text())
+  for key in ("teacher/top1", "student_ce/top1", "student_kd/top1"):
+    assert 0.0 <= results[key] <= 1.0
+  # Ten classes: chance is 0.1. The wide teacher must be well above chance and above the student.
+  assert results["teacher/top1"] > 0.6
+  assert results["teacher/top1"] > results["student_ce/top1"]
+  assert "from distillation" in proc.stdout
+
+  # A second run with a different config keeps the first config.json beside the new one.
+  proc = run_cli("--config", "configs/smoke.py", "--workdir", str(workdir),
+                 "--config.smoke.num_steps=2", "--config.smoke.num_test=10")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((workdir / "config.1.json").read_text())["smoke"]["num_steps"] == 150
+  assert json.loads((workdir / "config.json").read_text())["smoke"]["num_steps"] == 2
