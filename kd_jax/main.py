@@ -29,6 +29,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from kd_jax import methods
+from kd_jax.errors import Preempted
 from kd_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -124,6 +125,30 @@ def default_workdir(config_spec: str) -> str:
   return os.path.join("runs", name)
 
 
+def distributed_settings(env: dict[str, str]) -> dict[str, object]:
+  """Explicit ``jax.distributed.initialize`` arguments from the environment, for plain clusters.
+
+  TPU pods and SLURM need none (JAX discovers them). Hosts started by hand (``launch/ssh.sh``,
+  ``launch/local.sh``) set ``KD_JAX_COORDINATOR_ADDRESS`` (host:port of process 0),
+  ``KD_JAX_NUM_PROCESSES`` and ``KD_JAX_PROCESS_ID``.
+  """
+  names = {"coordinator_address": "KD_JAX_COORDINATOR_ADDRESS",
+           "num_processes": "KD_JAX_NUM_PROCESSES", "process_id": "KD_JAX_PROCESS_ID"}
+  given = {key: env[var] for key, var in names.items() if env.get(var)}
+  if given and len(given) != len(names):
+    missing = [var for key, var in names.items() if key not in given]
+    raise UserError(f"set all of {', '.join(names.values())} or none; missing {', '.join(missing)}")
+  try:
+    for key in ("num_processes", "process_id"):
+      if key in given:
+        given[key] = int(given[key])
+  except ValueError:
+    raise UserError("KD_JAX_NUM_PROCESSES and KD_JAX_PROCESS_ID must be integers, got "
+                    f"{env.get('KD_JAX_NUM_PROCESSES')!r} and {env.get('KD_JAX_PROCESS_ID')!r}"
+                    ) from None
+  return given
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes config.json; a different config left by an earlier run is kept beside it, not lost."""
   from etils import epath  # Local or gs://; comes with orbax and TFDS.
@@ -161,10 +186,12 @@ def main(argv: list[str]) -> None:
     import jax  # pylint: disable=g-import-not-at-top
 
     try:
-      jax.distributed.initialize()
+      jax.distributed.initialize(**distributed_settings(os.environ))
+    except UserError as e:
+      fail(str(e))
     except Exception as e:  # pylint: disable=broad-except
-      fail(f"jax.distributed.initialize() failed: {e}. It needs a TPU pod, SLURM, or "
-           "coordinator settings (JAX_COORDINATOR_ADDRESS, process count and id)")
+      fail(f"jax.distributed.initialize() failed: {e}. It needs a TPU pod or SLURM, or "
+           "KD_JAX_COORDINATOR_ADDRESS, KD_JAX_NUM_PROCESSES and KD_JAX_PROCESS_ID")
 
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -179,12 +206,23 @@ def main(argv: list[str]) -> None:
     method.run(config, workdir)
   except UserError as e:
     fail(str(e))
+  except Preempted as e:
+    print(f"kd_jax: preempted: {e}", file=sys.stderr, flush=True)
+
+
+class _QuietLibraries:
+  """Drops the INFO chatter of orbax and TensorStore (several lines per checkpoint)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > 20 or not any(
+        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorstore", "grain"))
 
 
 def run() -> None:
   """Console entry point."""
   import jax  # pylint: disable=g-import-not-at-top
 
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   jax.config.parse_flags_with_absl()
   app.run(main, flags_parser=parse_flags)
 

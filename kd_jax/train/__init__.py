@@ -1,0 +1,21 @@
+"""The training engine: mesh and shardings, compiled steps, checkpoints, metrics, stages.
+
+A method builds :class:`Stage` objects from its losses and models and hands them to a
+:class:`Runner`, which trains, evaluates, checkpoints, resumes and reports.
+"""
+
+from kd_jax.train.arrays import ArrayIterator
+from kd_jax.train.arrays import eval_batches
+from kd_jax.train.config import engine_config
+from kd_jax.train.loop import NonFiniteError
+from kd_jax.errors import Preempted
+from kd_jax.train.loop import Runner
+from kd_jax.train.loop import Stage
+from kd_jax.train.loop import StageResult
+from kd_jax.train.optim import optimizer_config
+from kd_jax.train.steps import TrainState
+
+__all__ = [
+    "ArrayIterator", "NonFiniteError", "Preempted", "Runner", "Stage", "StageResult",
+    "TrainState", "engine_config", "eval_batches", "optimizer_config",
+]

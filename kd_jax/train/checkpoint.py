@@ -1,0 +1,97 @@
+"""Checkpoints of a stage: train state, data-iterator state and metadata, saved together by orbax.
+
+All orbax use lives here (jax_stack.md section 6), so a later move to orbax's v1 API stays local.
+Saves are asynchronous; a checkpoint becomes visible only once complete, so a process killed
+mid-save resumes from the previous one. The metadata records the structure of the state, and a
+checkpoint whose structure differs from what the config builds is refused, never reinterpreted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from etils import epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from kd_jax.errors import UserError
+from kd_jax.train import optim
+
+
+def structure(tree: Any) -> dict[str, str]:
+  """``{path: 'dtype[shape]'}`` of every leaf: what a checkpoint must match to be restored."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    out[optim.path_str(path)] = f"{jax.numpy.dtype(leaf.dtype).name}{list(leaf.shape)}"
+  return out
+
+
+def _diff(saved: dict[str, str], wanted: dict[str, str], limit: int = 3) -> str:
+  def order(keys):  # Parameters first: they say most about what changed.
+    return sorted(keys, key=lambda k: (not k.startswith("params/"), k))
+
+  missing = order(set(wanted) - set(saved))
+  extra = order(set(saved) - set(wanted))
+  changed = order(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+  parts = []
+  if missing:
+    parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:limit])})")
+  if extra:
+    parts.append(f"{len(extra)} unexpected (e.g. {', '.join(extra[:limit])})")
+  if changed:
+    parts.append("changed: " + ", ".join(f"{k} {saved[k]} -> {wanted[k]}" for k in changed[:limit]))
+  return "; ".join(parts)
+
+
+class Checkpointer:
+  """One orbax ``CheckpointManager`` for one stage's directory."""
+
+  def __init__(self, directory: str | epath.Path, *, max_to_keep: int, save_every: int):
+    self.directory = epath.Path(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, save_interval_steps=max(1, save_every), create=True,
+        enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "data", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iter: Any, meta: dict[str, Any], *,
+           force: bool = False) -> bool:
+    """Saves if the interval (or ``force``) says so; returns whether a save started."""
+    meta = dict(meta, structure=structure(state))
+    args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    return self._manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iter: Any) -> tuple[Any, dict[str, Any]]:
+    """The state (with the shardings of ``abstract_state``) and metadata saved at ``step``.
+
+    ``data_iter`` is restored in place. Raises ``UserError`` if the saved state does not have the
+    structure of ``abstract_state``.
+    """
+    meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    saved, wanted = meta.get("structure", {}), structure(abstract_state)
+    if saved != wanted:
+      raise UserError(
+          f"the checkpoint {self.directory / str(step)} does not match this config's model or "
+          f"optimizer ({_diff(saved, wanted)}); use a new --workdir, or delete "
+          f"{self.directory} to start this stage over")
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    return restored["state"], meta
+
+  def reached_preemption(self, step: int) -> bool:
+    return self._manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,246 @@
+"""Runs the stages of a method: train, evaluate, checkpoint, resume, report.
+
+A run is a named sequence of :class:`Stage`\\ s. Each has its own state, optimiser, step budget and
+evaluation, and its checkpoints in ``workdir/checkpoints/<stage>``. A stage whose last checkpoint
+is at its final step is finished: a rerun restores its final state (later stages may need it) and
+its results instead of training again. An unfinished stage resumes from its latest complete
+checkpoint, data iterator included, and ends bit-identical to an uninterrupted run.
+
+SIGTERM, or orbax's preemption sync point on a pod, saves a checkpoint and ends the run cleanly
+(:class:`Preempted`); a non-finite loss or gradient stops it with the last good checkpoint kept
+(:class:`NonFiniteError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+import dataclasses
+import json
+import signal
+import threading
+import time
+from typing import Any, Protocol
+
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+import numpy as np
+
+from kd_jax.errors import Preempted
+from kd_jax.errors import UserError
+from kd_jax.train import checkpoint as checkpoint_lib
+from kd_jax.train import evaluation
+from kd_jax.train import mesh as mesh_lib
+from kd_jax.train import metrics as metrics_lib
+from kd_jax.train import optim
+from kd_jax.train import steps as steps_lib
+
+
+class NonFiniteError(UserError):
+  """A train step produced a non-finite loss or gradient."""
+
+
+class DataIterator(Protocol):
+  """Host batches (this process's share, NumPy) with a checkpointable position.
+
+  grain's ``DatasetIterator`` fits; so does any object with these methods (``get_state`` then
+  returns ``bytes``).
+  """
+
+  def __next__(self) -> Any: ...
+
+  def get_state(self) -> Any: ...
+
+  def set_state(self, state: Any) -> None: ...
+
+
+@dataclasses.dataclass
+class Stage:
+  """One stage of a run.
+
+  Attributes:
+    name: used for the checkpoint directory, metric names and results.
+    init_fn: ``init_fn(key) -> (params, model_state)``.
+    loss_fn: see :mod:`kd_jax.train.steps`.
+    optimizer: the optimizer config block (:mod:`kd_jax.train.optim`).
+    num_steps: the step budget.
+    global_batch_size: examples per step over all devices and hosts.
+    train_data: ``train_data(per_host_batch_size) -> DataIterator``.
+    frozen: read-only inputs of the loss (teachers); replicated, never checkpointed.
+    eval_fn: ``eval_fn(params, model_state, frozen, batch) -> {'logits', ['teacher_logits']}``.
+    eval_data: ``eval_data(per_host_batch_size) -> iterable of host batches`` with ``'label'`` and
+      ``'mask'``; every process must yield the same number of batches.
+    eval_every: evaluate every this many steps (0: only at the end).
+  """
+
+  name: str
+  init_fn: Callable[[jax.Array], tuple[Any, Any]]
+  loss_fn: steps_lib.LossFn
+  optimizer: ml_collections.ConfigDict
+  num_steps: int
+  global_batch_size: int
+  train_data: Callable[[int], DataIterator]
+  frozen: Any = None
+  eval_fn: steps_lib.EvalFn | None = None
+  eval_data: Callable[[int], Iterable[Any]] | None = None
+  eval_every: int = 0
+
+
+@dataclasses.dataclass
+class StageResult:
+  state: steps_lib.TrainState
+  metrics: dict[str, float]
+
+
+class _StopSignal:
+  """Turns SIGTERM into a flag the loop checks between steps (only in the main thread)."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _scalars(tree: Any) -> dict[str, float]:
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(tree).items()}
+
+
+class Runner:
+  """Runs stages in one workdir with the engine settings of ``config.train``.
+
+  ``config.seed``; ``config.train``: ``log_every``, ``checkpoint_every``, ``max_to_keep``; ``config.mesh``:
+  ``num_devices`` (-1: all).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | epath.Path):
+    self.config = config
+    self.workdir = epath.Path(workdir)
+    self.mesh = mesh_lib.make_mesh(config.get("mesh", {}).get("num_devices", -1))
+    self.writer = metrics_lib.MetricWriter(self.workdir)
+    self.results: dict[str, dict[str, float]] = {}
+
+  # -- One stage --------------------------------------------------------------------------
+
+  def run(self, stage: Stage) -> StageResult:
+    cfg = self.config.train
+    per_host = mesh_lib.per_host_batch_size(stage.global_batch_size, self.mesh)
+    tx, schedule = optim.make_optimizer(stage.optimizer, stage.num_steps)
+    steps = steps_lib.build_steps(
+        loss_fn=stage.loss_fn, tx=tx, schedule=schedule, mesh=self.mesh, init_fn=stage.init_fn,
+        seed=self.config.seed, eval_fn=stage.eval_fn)
+    frozen = jax.device_put(stage.frozen, mesh_lib.replicated(self.mesh))
+    ckpt = checkpoint_lib.Checkpointer(
+        self.workdir / "checkpoints" / stage.name, max_to_keep=cfg.max_to_keep,
+        save_every=cfg.checkpoint_every)
+    try:
+      return self._run(stage, steps, frozen, ckpt, per_host)
+    finally:
+      ckpt.close()
+      self.writer.flush()
+
+  def _run(self, stage, steps, frozen, ckpt, per_host) -> StageResult:
+    cfg = self.config.train
+    data = stage.train_data(per_host)
+    latest = ckpt.latest_step()
+    if latest is not None:
+      state, meta = ckpt.restore(latest, steps.abstract_state, data)
+      if latest >= stage.num_steps:
+        logging.info("Stage %s finished earlier (step %d); restored its final state.",
+                     stage.name, latest)
+        metrics = meta.get("eval", {})
+        self.results[stage.name] = metrics
+        return StageResult(state, metrics)
+      logging.info("Stage %s resumes from step %d of %d.", stage.name, latest, stage.num_steps)
+      self.writer.drop_after(stage.name, latest)
+    else:
+      state = steps.init(jax.random.key(self.config.seed))
+      if jax.process_index() == 0:
+        logging.info("Stage %s: %d trainable parameters, %d steps of %d clips.", stage.name,
+                     optim.count_params(state.params), stage.num_steps, stage.global_batch_size)
+    start = int(jax.device_get(state.step))
+
+    progress = metrics_lib.Progress(stage.name, start, stage.num_steps, stage.global_batch_size)
+    eval_metrics: dict[str, float] = {}
+    pending = None  # (step, metrics) of the previous step, checked one step late.
+    t0, first = time.monotonic(), True
+    with _StopSignal() as stop:
+      for step in range(start + 1, stage.num_steps + 1):
+        batch = mesh_lib.host_to_global(next(data), self.mesh)
+        state, step_metrics = steps.train(state, frozen, batch)
+        if first:
+          logging.info("Stage %s: first step (compilation included) took %.1f s.", stage.name,
+                       time.monotonic() - t0)
+          first = False
+        if pending is not None:
+          self._check_finite(stage.name, *pending)
+        pending = (step, step_metrics)
+        if step % cfg.log_every == 0 or step == stage.num_steps:
+          scalars = _scalars(step_metrics)
+          self._check_finite(stage.name, step, step_metrics)
+          self.writer.write(stage.name, step, scalars)
+          progress.update(step, scalars["loss"])
+        else:
+          progress.update(step)
+        if stage.eval_every and step % stage.eval_every == 0 and step < stage.num_steps:
+          eval_metrics = self._evaluate(stage, steps, state, frozen, per_host, step)
+        final = step == stage.num_steps
+        if final:
+          self._check_finite(stage.name, step, step_metrics)
+          eval_metrics = self._evaluate(stage, steps, state, frozen, per_host, step)
+        preempt = stop.received or ckpt.reached_preemption(step)
+        meta = {"stage": stage.name, "step": step, "eval": eval_metrics}
+        ckpt.save(step, state, data, meta, force=final or preempt)
+        if preempt:
+          ckpt.wait()
+          progress.close()
+          raise Preempted(f"stage {stage.name} stopped at step {step} with a checkpoint; run the "
+                          "same command again to resume")
+    progress.close()
+    self.results[stage.name] = eval_metrics
+    if eval_metrics:
+      logging.info("Stage %s: %s", stage.name,
+                   ", ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
+    return StageResult(state, eval_metrics)
+
+  def _check_finite(self, stage: str, step: int, step_metrics: dict[str, jax.Array]) -> None:
+    if float(jax.device_get(step_metrics["finite"])) > 0:
+      return
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in sorted(_scalars(step_metrics).items())
+                      if k not in ("finite", "learning_rate"))
+    raise NonFiniteError(
+        f"non-finite loss or gradient in stage {stage} at step {step} ({terms}); the update was "
+        "not applied and the last checkpoint is kept; lower the learning rate or check the inputs")
+
+  def _evaluate(self, stage: Stage, steps, state, frozen, per_host: int, step: int
+                ) -> dict[str, float]:
+    if stage.eval_fn is None or stage.eval_data is None:
+      return {}
+    sums = [steps.eval(state, frozen, mesh_lib.host_to_global(b, self.mesh))
+            for b in stage.eval_data(per_host)]
+    metrics = evaluation.finalize(sums)
+    self.writer.write(stage.name + "/eval", step, metrics)
+    return metrics
+
+  # -- The whole run ----------------------------------------------------------------------
+
+  def write_results(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Writes ``workdir/results.json``: every stage's final metrics plus the method's own."""
+    results = {"stages": self.results, **(extra or {})}
+    if jax.process_index() == 0:
+      (self.workdir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True)
+                                                 + "\n")
+    self.writer.close()
+    return results

@@ -1,0 +1,135 @@
+"""Compiled, sharded train and eval steps from a method's pure loss function.
+
+A method states one step as
+
+  loss_fn(params, model_state, frozen, batch, rng) -> (loss, (metrics, new_model_state))
+
+where ``params`` are the trainable parameters, ``model_state`` the mutable collections (BatchNorm
+statistics; ``{}`` if none), ``frozen`` everything that is read but never trained (teachers, cached
+targets), ``batch`` the global batch and ``rng`` this step's key. ``metrics`` is a dict of scalars
+(every loss term). The engine adds the gradient, update and parameter norms and the learning rate,
+and jit-compiles the step once, with the state replicated, the batch split over ``'data'`` and the
+old state donated.
+
+Anything the loss reduces over the batch (a mean, a batch-wide renormalisation) is global across
+devices and hosts: under ``jax.jit`` the batch is one global array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import optax
+
+from kd_jax.train import evaluation
+from kd_jax.train import mesh as mesh_lib
+
+LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
+# eval_fn(params, model_state, frozen, batch) -> {'logits': [B, C], optional 'teacher_logits'}.
+EvalFn = Callable[[Any, Any, Any, Any], dict[str, jax.Array]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a stage trains and checkpoints. Never holds a teacher."""
+
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Steps:
+  """The compiled functions of one stage."""
+
+  init: Callable[[jax.Array], TrainState]
+  train: Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, jax.Array]]]
+  eval: Callable[[TrainState, Any, Any], dict[str, jax.Array]] | None
+  state_sharding: Any
+  abstract_state: Any  # ShapeDtypeStructs with shardings: the target of a checkpoint restore.
+
+
+def _global_norm(tree: Any) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def build_steps(
+    *,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    init_fn: Callable[[jax.Array], tuple[Any, Any]],
+    seed: int,
+    eval_fn: EvalFn | None = None,
+) -> Steps:
+  """Builds a stage's sharded ``init``, ``train`` and ``eval`` functions.
+
+  ``init_fn(key) -> (params, model_state)`` initialises the trainable parameters; ``init(key)``
+  runs it under jit, so the state is created already replicated on every device.
+
+  ``train`` never applies a non-finite update: the state stays as it was and ``metrics['finite']``
+  is 0, so the loop can stop with the last good state intact.
+  """
+  repl = mesh_lib.replicated(mesh)
+  data = mesh_lib.batch_sharded(mesh)
+
+  def init(key):
+    params, model_state = init_fn(key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                      opt_state=tx.init(params))
+
+  state_shape = jax.eval_shape(init, jax.random.key(seed))
+  state_sharding = jax.tree.map(lambda _: repl, state_shape)
+  base_key = jax.random.key(seed)
+
+  def train(state: TrainState, frozen, batch):
+    rng = jax.random.fold_in(base_key, state.step)
+
+    def objective(params):
+      return loss_fn(params, state.model_state, frozen, batch, rng)
+
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = _global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = TrainState(step=state.step + 1, params=params, model_state=model_state,
+                     opt_state=opt_state)
+    # A non-finite step leaves everything but the step counter untouched.
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new,
+                       state.replace(step=state.step + 1))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, update_norm=_global_norm(updates),
+                   param_norm=_global_norm(params), learning_rate=schedule(state.step),
+                   finite=finite.astype(jnp.float32))
+    return new, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+  steps = Steps(
+      init=jax.jit(init, out_shardings=state_sharding),
+      train=jax.jit(train, in_shardings=(state_sharding, repl, data),
+                    out_shardings=(state_sharding, repl), donate_argnums=(0,)),
+      eval=None,
+      state_sharding=state_sharding,
+      abstract_state=jax.tree.map(
+          lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state_shape,
+          state_sharding),
+  )
+  if eval_fn is not None:
+
+    def evaluate(state: TrainState, frozen, batch):
+      out = eval_fn(state.params, state.model_state, frozen, batch)
+      return evaluation.classification_sums(
+          out["logits"], batch["label"], batch.get("mask"), out.get("teacher_logits"))
+
+    steps.eval = jax.jit(evaluate, in_shardings=(state_sharding, repl, data), out_shardings=repl)
+  return steps
