@@ -1,0 +1,339 @@
+"""grain input pipelines: from a TFDS data source of encoded videos to per-host batches.
+
+Three representations (``kind``):
+
+* ``compressed``: CoViAR's compressed domain, ``num_segments`` TSN segments per video, each with the
+  I-frame ``iframe`` ``[S, h, w, 3]``, accumulated motion vectors ``mv`` ``[S, h, w, 2]`` and
+  accumulated residual ``residual`` ``[S, h, w, 3]`` (pkd_wise.md sections 8.2-8.4);
+* ``rgb_clip``: one dense clip ``video`` ``[T, h, w, 3]`` for 3D CNNs (genkd.md section 7.1);
+* ``rgb_segments``: TSN segments ``video`` ``[S, h, w, 3]`` for TSM (spectral_kd.md section 7).
+
+Every batch also holds ``label`` (int32) and ``index`` (int32, the record index in the source); eval
+batches add ``mask`` (bool, False on padding). Arrays are float32 and normalised.
+
+Training (:func:`make_train`): seeded shuffle, repeat, random augmentation, then per-process slicing
+``[process_index::process_count]``, per-host batches, optional worker processes. Every element's
+randomness comes from the seed and its position in the global stream, so the global data order and
+augmentation do not depend on the number of processes or workers. Evaluation (:func:`make_eval`):
+deterministic, padded so that every process gets the same number of full batches, padding marked by
+``mask``. Both return a grain ``IterDataset``; ``iter(ds)`` has ``get_state()`` / ``set_state()``
+for checkpoints (restoring needs the same process count).
+
+:func:`global_batch` turns a host batch into global ``jax.Array`` s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import grain
+import jax
+import numpy as np
+
+from kd_jax.data import codec
+from kd_jax.data import sampling as sampling_lib
+from kd_jax.data import transforms
+
+Kind = Literal["compressed", "rgb_clip", "rgb_segments"]
+KINDS = ("compressed", "rgb_clip", "rgb_segments")
+# Datasets whose classes depend on left/right motion: a horizontal flip would change the label.
+DIRECTION_SENSITIVE = ("synthetic_actions",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+  """What one element of a pipeline looks like.
+
+  Attributes:
+    kind: ``compressed``, ``rgb_clip`` or ``rgb_segments``.
+    num_segments: TSN segments (compressed, rgb_segments).
+    clip_len: frames per dense clip (rgb_clip).
+    stride: frame step within a dense clip (rgb_clip).
+    crop_size: side of the square network input.
+    resize_size: eval frames are resized to this square first, then centre-cropped; None: crop the
+      stored frames directly.
+    flip: random horizontal flips in training; None: on unless the dataset is direction-sensitive
+      (``synthetic_actions``).
+    sampling: compressed only; ``fused`` (PKD's ``dataset_fuse.py``: I-frame and P-frame of one
+      GOP per segment, one decode) or ``coviar`` (CoViAR's ``dataset.py``: I-frame and P-frame
+      sampled independently per segment).
+    modalities: compressed only; which of ``iframe``, ``mv``, ``residual`` to produce.
+    fix_crop: multi-scale crops at TSN's 13 fixed positions (GenKD, TSM) instead of anywhere
+      (CoViAR).
+  """
+
+  kind: Kind = "compressed"
+  num_segments: int = 3
+  clip_len: int = 64
+  stride: int = 1
+  crop_size: int = 224
+  resize_size: int | None = 256
+  flip: bool | None = None
+  sampling: Literal["fused", "coviar"] = "fused"
+  modalities: tuple[str, ...] = sampling_lib.MODALITIES
+  fix_crop: bool = False
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+    if self.sampling not in ("fused", "coviar"):
+      raise ValueError(f"sampling must be 'fused' or 'coviar', got {self.sampling!r}")
+    bad = set(self.modalities) - set(sampling_lib.MODALITIES)
+    if bad or not self.modalities:
+      raise ValueError(f"modalities must be a non-empty subset of {sampling_lib.MODALITIES}, "
+                       f"got {self.modalities}")
+    if min(self.num_segments, self.clip_len, self.stride, self.crop_size) < 1:
+      raise ValueError("num_segments, clip_len, stride and crop_size must be >= 1")
+
+
+def make_spec(kind: Kind, **overrides: Any) -> ClipSpec:
+  """A ClipSpec with the published defaults of ``kind``, then ``overrides``.
+
+  * compressed: 3 segments, 224 crops anywhere, eval resize 256 -> crop 224 (CoViAR / PKD);
+  * rgb_clip: 64 frames, 224 crops at fixed positions, eval centre crop of the stored frames (GenKD);
+  * rgb_segments: 8 segments, 224 crops at fixed positions, eval resize 256 -> crop 224 (TSM).
+  """
+  defaults = {
+      "compressed": {},
+      "rgb_clip": dict(resize_size=None, fix_crop=True),
+      "rgb_segments": dict(num_segments=8, fix_crop=True),
+  }[kind]
+  if "modalities" in overrides:
+    overrides["modalities"] = tuple(overrides["modalities"])
+  return ClipSpec(kind=kind, **{**defaults, **overrides})
+
+
+# -- Per-element decoding and augmentation -------------------------------------------------------
+
+
+def _geometry(x: np.ndarray, spec: ClipSpec, train: bool, rng: np.random.Generator | None,
+              scales: Sequence[float], is_mv: bool = False, flip: bool = True) -> np.ndarray:
+  """Train: multi-scale crop and random flip; eval: resize then centre crop."""
+  if train:
+    x = transforms.multiscale_crop(x, rng, spec.crop_size, scales=scales, fix_crop=spec.fix_crop)
+    if flip:
+      x, _ = transforms.random_hflip(x, rng, is_mv=is_mv)
+    return x
+  if spec.resize_size is not None:
+    x = transforms.resize(x, spec.resize_size)
+  return transforms.center_crop(x, spec.crop_size)
+
+
+def _compressed(video: codec.CompressedVideo, spec: ClipSpec, train: bool,
+                rng: np.random.Generator | None, flip: bool) -> dict[str, np.ndarray]:
+  n, gops, s = video.num_frames, video.gop_starts, spec.num_segments
+  want = set(spec.modalities)
+  if spec.sampling == "fused":
+    i_idx, p_idx = sampling_lib.fused_indices(n, gops, s, train=train, rng=rng)
+  else:
+    i_idx = sampling_lib.coviar_indices(n, gops, s, modality="iframe", train=train, rng=rng)
+    p_idx = sampling_lib.coviar_indices(n, gops, s, modality="mv", train=train, rng=rng)
+  raw = {}
+  if "residual" in want:
+    reps = [video.representations(int(p)) for p in p_idx]
+    raw["residual"] = np.stack([r.residual for r in reps])
+    raw["mv"] = np.stack([r.motion_vectors for r in reps])
+    if spec.sampling == "fused":  # the P-frame's GOP starts at the sampled I-frame
+      raw["iframe"] = np.stack([r.iframe for r in reps])
+  elif "mv" in want:
+    raw["mv"] = np.stack([video.motion_vectors(int(p)) for p in p_idx])
+  if "iframe" in want and "iframe" not in raw:
+    raw["iframe"] = np.stack([video.iframe(int(i)) for i in i_idx])
+  out = {}
+  # Each modality gets its own crop and flip, as CoViAR's and PKD's loaders.
+  if "iframe" in want:
+    x = _geometry(raw["iframe"], spec, train, rng, transforms.IFRAME_SCALES, flip=flip)
+    out["iframe"] = transforms.normalize_rgb(x)
+  if "mv" in want:
+    x = _geometry(raw["mv"], spec, train, rng, transforms.MV_RESIDUAL_SCALES, is_mv=True, flip=flip)
+    out["mv"] = transforms.normalize_mv(x)
+  if "residual" in want:
+    x = _geometry(raw["residual"], spec, train, rng, transforms.MV_RESIDUAL_SCALES, flip=flip)
+    out["residual"] = transforms.normalize_residual(x)
+  return out
+
+
+def _rgb(video: codec.CompressedVideo, spec: ClipSpec, train: bool,
+         rng: np.random.Generator | None, flip: bool) -> dict[str, np.ndarray]:
+  if spec.kind == "rgb_clip":
+    idx = sampling_lib.dense_clip_indices(video.num_frames, spec.clip_len, train=train, rng=rng,
+                                      stride=spec.stride)
+  else:
+    idx = sampling_lib.segment_indices(video.num_frames, spec.num_segments, train=train, rng=rng)
+  frames = video.frames(idx)
+  x = _geometry(frames, spec, train, rng, transforms.IFRAME_SCALES, flip=flip)
+  return {"video": transforms.normalize_rgb(x)}
+
+
+class DecodeVideo(grain.transforms.RandomMap):
+  """Record -> network inputs; random sampling and augmentation when ``train``."""
+
+  def __init__(self, spec: ClipSpec, *, train: bool, flip: bool):
+    self.spec, self.train, self.flip = spec, train, flip
+
+  def random_map(self, element, rng: np.random.Generator):
+    index, record = element
+    return self.decode(index, record, rng)
+
+  def decode(self, index: int, record: Mapping[str, Any],
+             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    video = codec.CompressedVideo(record["video"], name=_video_name(record, index))
+    fn = _compressed if self.spec.kind == "compressed" else _rgb
+    out = fn(video, self.spec, self.train, rng, self.flip)
+    out["label"] = np.int32(record["label"])
+    out["index"] = np.int32(index)
+    return out
+
+
+class _DecodeEval(grain.transforms.Map):
+  """Padded position -> decoded element with ``mask``; positions past the end repeat real records."""
+
+  def __init__(self, source, spec: ClipSpec):
+    self.source, self.decoder = source, DecodeVideo(spec, train=False, flip=False)
+
+  def map(self, position: int):
+    index = int(position) % len(self.source)
+    out = self.decoder.decode(index, self.source[index])
+    out["mask"] = np.bool_(position < len(self.source))
+    return out
+
+
+def _video_name(record: Mapping[str, Any], index: int) -> str:
+  vid = record.get("video_id", b"")
+  vid = vid.decode() if isinstance(vid, bytes) else str(vid)
+  return f"record {index} ({vid})" if vid else f"record {index}"
+
+
+class _Lookup(grain.transforms.Map):
+  """Record index -> (index, record): elements keep their identity through shuffles."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def map(self, index: int):
+    return int(index), self.source[int(index)]
+
+
+def _indexed(source) -> grain.MapDataset:
+  return grain.MapDataset.range(len(source)).map(_Lookup(source))
+
+
+# -- Datasets ------------------------------------------------------------------------------------
+
+
+def _dataset_name(source) -> str | None:
+  info = getattr(source, "dataset_info", None)
+  return getattr(info, "name", None)
+
+
+def resolve_flip(spec: ClipSpec, source) -> bool:
+  """The spec's flip setting, or its default for the source's dataset."""
+  if spec.flip is not None:
+    return spec.flip
+  return _dataset_name(source) not in DIRECTION_SENSITIVE
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if not 0 <= index < count:
+    raise ValueError(f"process_index {index} is not in [0, {count})")
+  return index, count
+
+
+def _finish(ds: grain.MapDataset, num_workers: int, read_threads: int,
+            prefetch: int) -> grain.IterDataset:
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=prefetch))
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return it
+
+
+def make_train(source, spec: ClipSpec, *, batch_size: int, seed: int, num_epochs: int | None = None,
+               num_workers: int = 0, read_threads: int = 1, prefetch: int = 2,
+               process_index: int | None = None,
+               process_count: int | None = None) -> grain.IterDataset:
+  """The training pipeline: shuffled, repeated, augmented, sharded per process, batched per host.
+
+  Args:
+    source: a random-access source of records (``builders.data_source(...)``).
+    spec: what to produce (:func:`make_spec`).
+    batch_size: per-host batch size (global batch = batch_size x process_count).
+    seed: the same on every process; it fixes the order and the augmentation.
+    num_epochs: None repeats forever.
+    num_workers: grain worker processes (0: decode in this process).
+    read_threads: threads per worker (or in this process) computing batches.
+    prefetch: batches buffered per worker.
+    process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
+
+  Returns:
+    A grain IterDataset of dict batches with a leading axis of ``batch_size`` (incomplete batches
+    are dropped).
+  """
+  index, count = _process(process_index, process_count)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if len(source) == 0:
+    raise ValueError("the data source is empty")
+  decoder = DecodeVideo(spec, train=True, flip=resolve_flip(spec, source))
+  ds = _indexed(source).seed(seed).shuffle().repeat(num_epochs)
+  # Augment before slicing: an element's randomness then depends only on its global position.
+  ds = ds.random_map(decoder)
+  ds = ds[index::count]
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return _finish(ds, num_workers, read_threads, prefetch)
+
+
+def eval_steps(num_examples: int, batch_size: int, process_count: int) -> int:
+  """Batches each process yields in evaluation: enough for every example, equal on all processes."""
+  return max(1, math.ceil(num_examples / (batch_size * process_count)))
+
+
+def make_eval(source, spec: ClipSpec, *, batch_size: int, num_workers: int = 0,
+              read_threads: int = 1, prefetch: int = 2, process_index: int | None = None,
+              process_count: int | None = None) -> grain.IterDataset:
+  """The evaluation pipeline: one deterministic pass, padded, the same batch count on every process.
+
+  Process ``p`` of ``P`` gets positions ``p, p + P, ...`` of the padded sequence; positions past the
+  end of the source repeat real records with ``mask`` False, so shapes never change and every record
+  is seen exactly once with ``mask`` True.
+
+  Returns:
+    A grain IterDataset of ``eval_steps(len(source), batch_size, P)`` dict batches.
+  """
+  index, count = _process(process_index, process_count)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if len(source) == 0:
+    raise ValueError("the data source is empty")
+  total = eval_steps(len(source), batch_size, count) * batch_size * count
+  ds = grain.MapDataset.range(total)[index::count].map(_DecodeEval(source, spec))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return _finish(ds, num_workers, read_threads, prefetch)
+
+
+# -- Global arrays -------------------------------------------------------------------------------
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, axis: str = "data") -> jax.sharding.NamedSharding:
+  """Leading (batch) axis split over ``axis`` of ``mesh``, other axes replicated."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+
+
+def global_batch(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:
+  """Host batch -> global ``jax.Array`` s with ``jax.make_array_from_process_local_data``.
+
+  Every process passes its own per-host batch; the global batch axis is ``process_count`` times
+  longer. The per-host batch must split evenly over this process's devices.
+  """
+  local = len(sharding.addressable_devices)
+  for key, value in batch.items():
+    if np.shape(value)[0] % local:
+      raise ValueError(f"per-host batch of {np.shape(value)[0]} ({key!r}) does not split over "
+                       f"{local} local devices; use a per-host batch size divisible by {local}")
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}

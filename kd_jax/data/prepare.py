@@ -1,0 +1,99 @@
+"""Prepares one kd_jax dataset: ``python -m kd_jax.data.prepare NAME[/CONFIG] [options]``.
+
+Examples::
+
+  python -m kd_jax.data.prepare synthetic_actions --data_dir ~/tensorflow_datasets
+  python -m kd_jax.data.prepare ucf101/split1 --manual_dir ~/downloads/ucf101 --workers 8
+  python -m kd_jax.data.prepare hmdb51/split2 --manual_dir ~/downloads/hmdb51
+
+Writes array_record files under ``DATA_DIR/NAME/CONFIG/1.0.0/``, shows a progress bar per split and
+ends with a summary. Videos that fail to decode are skipped and listed, with the reason, in the summary
+and in ``skipped_videos.tsv`` next to the records. A missing or incomplete manual_dir ends in one line
+saying what to download and where to put it (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import tensorflow_datasets as tfds
+
+from kd_jax.data import builders
+from kd_jax.data.builders import common
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m kd_jax.data.prepare",
+      description="Build a kd_jax video dataset (TFDS array_record, no TensorFlow).")
+  p.add_argument("name", help=f"dataset, optionally NAME/CONFIG; one of {', '.join(builders.NAMES)}"
+                 " (configs: synthetic_actions/default|tiny, ucf101|hmdb51/split1|split2|split3)")
+  p.add_argument("--manual_dir", default=None,
+                 help="where the official downloads are extracted (ucf101, hmdb51)")
+  p.add_argument("--data_dir", default=None, help="TFDS data directory (default ~/tensorflow_datasets)")
+  p.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
+  p.add_argument("--overwrite", action="store_true", help="rebuild even if already prepared")
+  return p
+
+
+def prepare(name: str, *, manual_dir: str | None = None, data_dir: str | None = None,
+            workers: int = 1, overwrite: bool = False) -> dict:
+  """Builds one dataset and returns a summary.
+
+  Returns:
+    ``{'path', 'counts': {split: n}, 'skipped': [(split, video_id, reason)], 'seconds',
+    'already_prepared'}``.
+
+  Raises:
+    DatasetError: unknown dataset or config, or a missing or incomplete manual_dir (the message
+      says what to do).
+  """
+  builder = builders.get_builder(name, data_dir=data_dir)
+  path = os.fspath(builder.data_dir)
+  if builder.is_prepared() and not overwrite:
+    return {"path": path, "already_prepared": True, "seconds": 0.0,
+            "counts": {k: v.num_examples for k, v in builder.info.splits.items()},
+            "skipped": common.read_skipped(path)}
+  builder.num_workers = max(1, workers)
+  config = tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
+      download_mode=(tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
+                     else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  start = time.time()
+  tfds.disable_progress_bar()  # ours (one bar per split, in VideoBuilder) is enough
+  builder.download_and_prepare(download_config=config)
+  return {"path": path, "already_prepared": False, "seconds": time.time() - start,
+          "counts": dict(builder.counts), "skipped": list(builder.skipped)}
+
+
+def format_summary(name: str, summary: dict) -> str:
+  """The summary printed at the end of ``prepare``."""
+  counts = ", ".join(f"{split} {n}" for split, n in summary["counts"].items())
+  skipped = summary["skipped"]
+  verb = "already prepared" if summary["already_prepared"] else f"prepared in {summary['seconds']:.1f} s"
+  lines = [f"{name}: {verb} at {summary['path']}",
+           f"  videos: {counts}; skipped: {len(skipped)}"]
+  if skipped:
+    lines.append(f"  skipped videos (also in {os.path.join(summary['path'], common.SKIPPED_FILE)}):")
+    lines += [f"    {split}\t{video_id}\t{reason}" for split, video_id, reason in skipped]
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    summary = prepare(args.name, manual_dir=args.manual_dir, data_dir=args.data_dir,
+                      workers=args.workers, overwrite=args.overwrite)
+  except common.DatasetError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(format_summary(args.name, summary))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

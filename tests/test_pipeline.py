@@ -1,0 +1,183 @@
+"""Tests of the grain pipelines on a tiny prepared synthetic_actions dataset."""
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax.data import builders
+from kd_jax.data import codec
+from kd_jax.data import pipeline
+from kd_jax.data import prepare
+from kd_jax.data import transforms
+
+NAME = "synthetic_actions/tiny"  # 4 classes; train 12, test 8 clips of 24 frames, 48x64
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  prepare.prepare(NAME, data_dir=path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def train_src(data_dir):
+  return builders.data_source(NAME, "train", data_dir=data_dir)
+
+
+SMALL = pipeline.make_spec("rgb_segments", num_segments=2, crop_size=16, resize_size=20)
+
+
+def _take(ds, n):
+  it = iter(ds)
+  return [next(it) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_train_is_deterministic_for_a_seed(train_src):
+  make = lambda seed: pipeline.make_train(train_src, SMALL, batch_size=4, seed=seed,
+                                          process_index=0, process_count=1)
+  first = _take(make(3), 5)  # 20 elements: crosses an epoch boundary (12 records)
+  _assert_batches_equal(first, _take(make(3), 5))
+  other = _take(make(4), 5)
+  assert any(not np.array_equal(a["index"], b["index"]) for a, b in zip(first, other))
+  # An epoch is a permutation: the first 12 elements are the 12 records.
+  assert sorted(np.concatenate([b["index"] for b in first[:3]])) == list(range(12))
+  for b in first:
+    assert b["video"].shape == (4, 2, 16, 16, 3) and b["video"].dtype == np.float32
+    assert [train_src[int(i)]["label"] for i in b["index"]] == b["label"].tolist()
+
+
+def test_restored_iterator_continues_with_the_same_batches(train_src):
+  ds = pipeline.make_train(train_src, SMALL, batch_size=3, seed=0, process_index=0,
+                           process_count=1)
+  it = iter(ds)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  restored = iter(pipeline.make_train(train_src, SMALL, batch_size=3, seed=0, process_index=0,
+                                      process_count=1))
+  restored.set_state(state)
+  _assert_batches_equal([next(restored) for _ in range(3)], expected)
+
+
+def test_worker_processes_give_the_same_batches_and_restore(train_src):
+  make = lambda workers: pipeline.make_train(train_src, SMALL, batch_size=2, seed=1,
+                                             num_workers=workers, process_index=0,
+                                             process_count=1)
+  reference = _take(make(0), 6)
+  it = iter(make(2))
+  _assert_batches_equal([next(it) for _ in range(3)], reference[:3])
+  state = it.get_state()
+  it.close()
+  restored = iter(make(2))
+  restored.set_state(state)
+  _assert_batches_equal([next(restored) for _ in range(3)], reference[3:])
+  restored.close()
+
+
+def test_process_shards_are_disjoint_cover_the_data_and_match_the_global_stream(train_src):
+  def elements(index, count):
+    ds = pipeline.make_train(train_src, SMALL, batch_size=2, seed=7, num_epochs=1,
+                             process_index=index, process_count=count)
+    batches = list(ds)
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  everything = elements(0, 1)
+  shards = [elements(p, 3) for p in range(3)]
+  indices = [s["index"].tolist() for s in shards]
+  assert [len(i) for i in indices] == [4, 4, 4]
+  assert sorted(sum(indices, [])) == list(range(12))  # disjoint and covering
+  for p, shard in enumerate(shards):  # process p holds elements p, p + 3, ... of the global stream
+    np.testing.assert_array_equal(shard["index"], everything["index"][p::3])
+    np.testing.assert_array_equal(shard["video"], everything["video"][p::3])
+
+
+@pytest.mark.parametrize("count,batch", [(1, 5), (2, 5), (3, 2), (5, 4)])
+def test_eval_pads_with_a_mask_and_gives_every_process_the_same_batch_count(train_src, count,
+                                                                             batch):
+  seen, steps = [], set()
+  for p in range(count):
+    batches = list(pipeline.make_eval(train_src, SMALL, batch_size=batch, process_index=p,
+                                      process_count=count))
+    steps.add(len(batches))
+    for b in batches:
+      assert b["mask"].shape == (batch,) and b["video"].shape[0] == batch
+      seen += [(int(i), bool(m)) for i, m in zip(b["index"], b["mask"])]
+  assert steps == {pipeline.eval_steps(12, batch, count)}
+  real = sorted(i for i, m in seen if m)
+  assert real == list(range(12))  # every record exactly once unmasked, the rest is padding
+  assert len(seen) == pipeline.eval_steps(12, batch, count) * batch * count
+
+
+def test_eval_is_deterministic(train_src):
+  make = lambda: list(pipeline.make_eval(train_src, SMALL, batch_size=5, process_index=0,
+                                         process_count=1))
+  _assert_batches_equal(make(), make())
+
+
+def test_compressed_eval_reads_the_expected_frames(train_src):
+  # No resizing or cropping (crop = stored size), so the batch is the normalised representations.
+  spec = pipeline.make_spec("compressed", num_segments=2, crop_size=48, resize_size=None)
+  (batch,) = _take(pipeline.make_eval(train_src, spec, batch_size=1, process_index=0,
+                                      process_count=1), 1)
+  video = codec.CompressedVideo(train_src[0]["video"])
+  # 24 frames, GOPs at 0 and 12: segment centres 6 and 17 lie in GOPs 0 and 12, and the fused test
+  # loader reads the P-frame at GOP position 5 of each.
+  np.testing.assert_array_equal(video.gop_starts, [0, 12])
+  crop = lambda x: transforms.center_crop(x, 48)
+  np.testing.assert_allclose(
+      batch["iframe"][0], transforms.normalize_rgb(crop(np.stack([video.iframe(0),
+                                                                   video.iframe(12)]))))
+  np.testing.assert_allclose(
+      batch["mv"][0], transforms.normalize_mv(crop(np.stack([video.motion_vectors(5),
+                                                              video.motion_vectors(17)]))))
+  np.testing.assert_allclose(
+      batch["residual"][0], transforms.normalize_residual(crop(np.stack([video.residual(5),
+                                                                          video.residual(17)]))))
+  assert batch["mask"].tolist() == [True] and batch["label"][0] == train_src[0]["label"]
+
+
+def test_compressed_and_rgb_clip_training_batches(train_src):
+  spec = pipeline.make_spec("compressed", num_segments=3, crop_size=32, modalities=["mv", "iframe"])
+  (b,) = _take(pipeline.make_train(train_src, spec, batch_size=2, seed=0, process_index=0,
+                                   process_count=1), 1)
+  assert set(b) == {"iframe", "mv", "label", "index"}
+  assert b["iframe"].shape == (2, 3, 32, 32, 3) and b["mv"].shape == (2, 3, 32, 32, 2)
+  assert np.all(np.abs(b["mv"]) <= 0.5)
+
+  spec = pipeline.make_spec("rgb_clip", clip_len=8, crop_size=48)
+  (b,) = _take(pipeline.make_eval(train_src, spec, batch_size=1, process_index=0,
+                                  process_count=1), 1)
+  video = codec.CompressedVideo(train_src[0]["video"])
+  # Centred clip of 8 of 24 frames: frames 8..15; then the centre 48x48 crop.
+  expected = transforms.normalize_rgb(transforms.center_crop(video.rgb(8, 8), 48))
+  np.testing.assert_allclose(b["video"][0], expected)
+
+
+def test_flip_is_off_by_default_for_direction_sensitive_data(train_src):
+  assert not pipeline.resolve_flip(SMALL, train_src)
+  assert pipeline.resolve_flip(pipeline.make_spec("rgb_clip", flip=True), train_src)
+  assert pipeline.resolve_flip(SMALL, list(range(3)))  # a source of unknown origin
+
+
+def test_global_batch(train_src, cpu_devices):
+  mesh = jax.sharding.Mesh(np.array(cpu_devices), ("data",))
+  sharding = pipeline.batch_sharding(mesh)
+  (host,) = _take(pipeline.make_eval(train_src, SMALL, batch_size=8, process_index=0,
+                                     process_count=1), 1)
+  arrays = pipeline.global_batch(host, sharding)
+  assert arrays["video"].shape == (8, 2, 16, 16, 3)
+  assert arrays["video"].sharding == sharding
+  assert len(arrays["video"].addressable_shards) == 8
+  np.testing.assert_array_equal(np.asarray(arrays["label"]), host["label"])
+  with pytest.raises(ValueError, match="divisible by 8"):
+    pipeline.global_batch({k: v[:6] for k, v in host.items()}, sharding)
