@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import Union
 
 import av
+import av.video.reformatter
 import numpy as np
 
 Source = Union[bytes, str, os.PathLike]
@@ -192,9 +193,14 @@ def _padded_packet(data: bytes) -> av.Packet:
   return packet
 
 
+# One reformatter per process keeps its swscale context across frames; `to_ndarray` builds a new
+# one every call, which costs ~60x the conversion itself at 340x256.
+_REFORMATTER = av.video.reformatter.VideoReformatter()
+
+
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
   # Bicubic chroma upsampling, as CoViAR's sws_getContext(..., SWS_BICUBIC, ...).
-  return frame.to_ndarray(format="rgb24", interpolation="BICUBIC")
+  return _REFORMATTER.reformat(frame, format="rgb24", interpolation="BICUBIC").to_ndarray()
 
 
 def _block_copies(mvs: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,6 +221,21 @@ def _block_copies(mvs: np.ndarray, height: int, width: int) -> tuple[np.ndarray,
     sel = moved & (bws == bw) & (bhs == bh)
     ox = np.arange(-(bw // 2), bw // 2, dtype=np.int32)[None, None, :]
     oy = np.arange(-(bh // 2), bh // 2, dtype=np.int32)[None, :, None]
+    # Blocks whose destination and source both lie inside the frame need no per-pixel bounds
+    # test: their flat indices are one broadcast add (most blocks; the rest take the slow path).
+    inside = np.ones_like(sel)
+    for x, y in ((dst_x, dst_y), (dst_x + dx, dst_y + dy)):
+      inside &= ((x - bw // 2 >= 0) & (x + bw // 2 <= width)
+                 & (y - bh // 2 >= 0) & (y + bh // 2 <= height))
+    fast = sel & inside
+    if fast.any():
+      offsets = (oy * width + ox).reshape(1, -1)
+      dst = (dst_y[fast] * width + dst_x[fast])[:, None] + offsets
+      dsts.append(dst.reshape(-1))
+      srcs.append((dst + (dy[fast] * width + dx[fast])[:, None]).reshape(-1))
+    sel = sel & ~inside
+    if not sel.any():
+      continue
     cx = dst_x[sel, None, None] + ox  # [M, 1, bw]
     cy = dst_y[sel, None, None] + oy  # [M, bh, 1]
     sx = cx + dx[sel, None, None]
@@ -380,9 +401,8 @@ class CompressedVideo:
             raise VideoDecodeError(f"{self._name}: frame {j} has B-frame (future) references, "
                                    "which CoViAR representations do not support")
           dst, src = _block_copies(mvs, h, w)
-          new = trace.copy()
-          new[dst] = trace[src]
-          trace = new
+          # The gather makes a copy before the scatter, so every copy reads the previous frame.
+          trace[dst] = trace[src]
       if need_rgb and j == start:
         iframe = _to_rgb(frame)
       if need_rgb and j == i:
