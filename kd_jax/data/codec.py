@@ -24,6 +24,7 @@ import dataclasses
 import fractions
 import io
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Union
 
@@ -193,14 +194,18 @@ def _padded_packet(data: bytes) -> av.Packet:
   return packet
 
 
-# One reformatter per process keeps its swscale context across frames; `to_ndarray` builds a new
-# one every call, which costs ~60x the conversion itself at 340x256.
-_REFORMATTER = av.video.reformatter.VideoReformatter()
+# A reformatter keeps its swscale context across frames; `to_ndarray` builds a new one every call,
+# which costs ~60x the conversion itself at 340x256. It is not thread-safe (grain maps elements on
+# several threads), so each thread has its own.
+_THREAD_STATE = threading.local()
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+  reformatter = getattr(_THREAD_STATE, "reformatter", None)
+  if reformatter is None:
+    reformatter = _THREAD_STATE.reformatter = av.video.reformatter.VideoReformatter()
   # Bicubic chroma upsampling, as CoViAR's sws_getContext(..., SWS_BICUBIC, ...).
-  return _REFORMATTER.reformat(frame, format="rgb24", interpolation="BICUBIC").to_ndarray()
+  return reformatter.reformat(frame, format="rgb24", interpolation="BICUBIC").to_ndarray()
 
 
 def _block_copies(mvs: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
