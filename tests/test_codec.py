@@ -284,7 +284,7 @@ def test_concurrent_decoding_matches_sequential(pan_right):
   # grain maps elements on several threads; the RGB conversion keeps per-thread state.
   from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
 
-  video = codec.CompressedVideo(pan_right)
+  video = codec.CompressedVideo(pan_right[1])
   indices = [np.arange(i, min(i + 6, video.num_frames)) for i in range(0, video.num_frames, 3)]
   want = [video.frames(ix) for ix in indices]
   with ThreadPoolExecutor(max_workers=4) as pool:
