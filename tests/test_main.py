@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
+
+import numpy as np
 
 import pytest
 
@@ -77,6 +80,22 @@ def test_default_workdir(spec, want):
   assert kd_main.default_workdir(spec) == want
 
 
+def _tensorboard_tags(logdir: pathlib.Path) -> set[str]:
+  """Scalar tags in TensorBoard event files, read with the TFRecord framing by hand."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+  tags = set()
+  for path in logdir.glob("events.out.tfevents.*"):
+    data = path.read_bytes()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      tags.update(v.tag for v in event.summary.value)
+      pos += 12 + length + 4
+  return tags
+
+
 def test_smoke_run_end_to_end(tmp_path):
   workdir = tmp_path / "smoke"
   proc = run_cli("--config", "configs/smoke.py", "--workdir", str(workdir),
@@ -85,12 +104,19 @@ def test_smoke_run_end_to_end(tmp_path):
   config = json.loads((workdir / "config.json").read_text())
   assert config["method"] == "smoke" and config["smoke"]["num_steps"] == 150
   results = json.loads((workdir / "results.json").read_text())
-  for key in ("teacher/top1", "student_ce/top1", "student_kd/top1"):
-    assert 0.0 <= results[key] <= 1.0
+  top1 = {stage: m["top1"] for stage, m in results["stages"].items()}
+  assert set(top1) == {"teacher", "student_ce", "student_kd"}
+  assert results["stages"]["student_kd"]["num_examples"] == 2000
   # Ten classes: chance is 0.1. The wide teacher must be well above chance and above the student.
-  assert results["teacher/top1"] > 0.6
-  assert results["teacher/top1"] > results["student_ce/top1"]
+  assert top1["teacher"] > 0.6 and top1["teacher"] > top1["student_ce"]
+  assert results["kd_gain/top1"] == pytest.approx(top1["student_kd"] - top1["student_ce"])
   assert "from distillation" in proc.stdout
+  assert "student_kd: 100%" in proc.stderr  # The progress bar of the last stage ran to the end.
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {m["stage"] for m in logged} >= {"teacher", "student_ce", "student_kd", "teacher/eval"}
+  assert all(np.isfinite(m["loss"]) for m in logged if "loss" in m and "/" not in m["stage"])
+  tags = _tensorboard_tags(workdir / "tb")
+  assert {"teacher/loss", "student_kd/kd", "student_kd/learning_rate", "teacher/eval/top1"} <= tags
 
   # A second run with a different config keeps the first config.json beside the new one.
   proc = run_cli("--config", "configs/smoke.py", "--workdir", str(workdir),
