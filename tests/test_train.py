@@ -121,6 +121,44 @@ def test_non_finite_step_is_not_applied(cpu_devices):
     np.testing.assert_array_equal(a, np.asarray(b))
 
 
+def test_runner_stops_on_nan_naming_step_and_terms_and_keeps_last_checkpoint(tmp_path, cpu_devices):
+  init_fn, loss_fn = _tiny_setup(nan_at_step=7)
+  batches = _batches(10)
+  arrays = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  # One example per step number, in order, so batch["step"] really is the step.
+  arrays["step"] = np.repeat(np.arange(1, 11), 16).astype(np.int32)
+
+  class InOrder:
+    def __init__(self):
+      self.pos = 0
+
+    def __next__(self):
+      out = {k: v[self.pos * 16:(self.pos + 1) * 16] for k, v in arrays.items()}
+      self.pos += 1
+      return out
+
+    def get_state(self):
+      return json.dumps(self.pos).encode()
+
+    def set_state(self, state):
+      self.pos = json.loads(state)
+
+    def start_prefetch(self):
+      pass
+
+  config = train.engine_config(log_every=100, checkpoint_every=3, max_to_keep=5)
+  config.seed = 0
+  runner = train.Runner(config, str(tmp_path))
+  stage = train.Stage(name="nan", init_fn=init_fn, loss_fn=loss_fn,
+                      optimizer=train.optimizer_config(name="sgd", learning_rate=0.1),
+                      num_steps=10, global_batch_size=16, train_data=lambda _: InOrder())
+  with pytest.raises(train.NonFiniteError, match=r"stage nan at step 7 \(ce=nan, .*loss=nan"):
+    runner.run(stage)
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "nan").iterdir()
+                 if p.name.isdigit())
+  assert max(saved) == 6  # The last good checkpoint; nothing was saved at or after step 7.
+
+
 def test_optimizer_groups_decay_and_schedule():
   params = {"backbone": {"kernel": jnp.ones((2,)), "bias": jnp.ones((2,))},
             "head": {"kernel": jnp.ones((2,))}}
