@@ -8,9 +8,11 @@ Without torch those tests skip; the mapping tests run on numpy alone.
 """
 
 import os
+import sys
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -150,14 +152,32 @@ def test_key_mapping_without_torch():
   assert set(convert.SPECS) <= set(models.names())
 
 
-def test_safetensors_message_when_missing(tmp_path):
+def test_safetensors_message_when_missing(tmp_path, monkeypatch):
   path = os.path.join(tmp_path, "w.safetensors")
   open(path, "wb").close()
-  try:
-    import safetensors  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    with pytest.raises(ImportError, match="pip install safetensors"):
-      convert.load_state_dict(path)
+  # A None entry in sys.modules makes the import fail as if the package were not installed.
+  monkeypatch.setitem(sys.modules, "safetensors", None)
+  monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+  with pytest.raises(ImportError, match="pip install safetensors"):
+    convert.load_state_dict(path)
+
+
+def test_safetensors_file_converts_like_the_state_dict(tmp_path):
+  st = pytest.importorskip("safetensors.numpy")
+  model = models.get("resnet18", num_classes=5, tiny=True)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                               train=False))
+  sd = _torch_layout_state_dict(abstract, np.random.default_rng(0))
+  path = os.path.join(tmp_path, "w.safetensors")
+  st.save_file(sd, path)
+  loaded = convert.load_state_dict(path)
+  assert sorted(loaded) == sorted(sd)
+  for key, value in sd.items():
+    np.testing.assert_array_equal(loaded[key], value)
+  from_file = convert.convert_state_dict(loaded, "resnet18", tiny=True).variables
+  from_dict = convert.convert_state_dict(sd, "resnet18", tiny=True).variables
+  for a, b in zip(jax.tree.leaves(from_file), jax.tree.leaves(from_dict)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def _torch_layout_state_dict(abstract, rng):
