@@ -6,8 +6,9 @@
 set -euo pipefail
 
 PROG="launch/host.sh"
-LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CODE_DIR="$(dirname "$LAUNCH_DIR")"
+# lib.sh comes with this copy: `tpu.sh setup` ships the whole repository to each worker.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -35,30 +36,9 @@ Options: --dry-run prints the commands instead of running them; -h, --help this 
 EOF
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
+# The workers' messages arrive interleaved (tpu.sh runs this on all of them at once), so each
+# names its host.
 note() { echo "$PROG: $(hostname): $*" >&2; }
-
-quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
-
-DRY_RUN=0
-run() {
-  if ((DRY_RUN)); then
-    quote "$@"
-  else
-    echo "+ $(quote "$@")" >&2
-    "$@"
-  fi
-}
 
 # --- setup ----------------------------------------------------------------------------------------
 
@@ -88,9 +68,9 @@ cmd_setup() {
   done
   [[ $python =~ ^3\.[0-9]+(\.[0-9]+)?$ ]] || die "--python '$python' must look like 3.12"
   [[ $extra =~ ^[a-z0-9_-]+$ || $extra == NONE ]] || die "--extra '$extra' is not an extra name"
-  [[ -f $CODE_DIR/pyproject.toml ]] || die "$CODE_DIR has no pyproject.toml; run from the repository copy"
-  local spec="$CODE_DIR"
-  [[ $extra == NONE ]] || spec="${CODE_DIR}[${extra}]"
+  [[ -f $REPO_DIR/pyproject.toml ]] || die "$REPO_DIR has no pyproject.toml; run from the repository copy"
+  local spec="$REPO_DIR"
+  [[ $extra == NONE ]] || spec="${REPO_DIR}[${extra}]"
   local py="$venv/bin/python"
 
   case "$installer" in

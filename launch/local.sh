@@ -4,8 +4,8 @@
 set -euo pipefail
 
 PROG="launch/local.sh"
-LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_DIR="$(dirname "$LAUNCH_DIR")"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -32,24 +32,7 @@ Example:
 EOF
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-note() { echo "$PROG: $*" >&2; }
-
-quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
-
 devices=2 port="" python="" log_dir=""
-DRY_RUN=0
-need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 while (($#)); do
   case "$1" in
     -h | --help) usage; exit 0 ;;
@@ -127,13 +110,12 @@ pids=()
 # SIGTERM first (kd_jax then tries to save a checkpoint); SIGKILL after KILL_GRACE_S seconds,
 # because a process whose peer died can block in a collective until the distributed timeout.
 KILL_GRACE_S=${KILL_GRACE_S:-10}
-kill_deadline=""
 cleanup() {
   local p
   for p in "${pids[@]}"; do
     kill "$p" 2>/dev/null || true
   done
-  kill_deadline=$((SECONDS + KILL_GRACE_S))
+  STOP_DEADLINE=$((SECONDS + KILL_GRACE_S))
 }
 trap 'note "interrupted; stopping all processes"; cleanup; exit 130' INT TERM
 
@@ -143,32 +125,15 @@ for ((i = 0; i < n; i++)); do
 done
 note "started $n processes x $devices CPU devices, coordinator 127.0.0.1:$port; logs in $log_dir"
 
-# Poll rather than `wait -n`: we need to know which process ended, to report it and stop the rest
-# (a process left alone would wait for its dead peers until the distributed timeout).
+# A process left alone after a peer failed would wait for the dead peer until the distributed
+# timeout, hence on_failure's cleanup and supervise's SIGKILL after the grace period.
+on_failure() {
+  note "process $1 failed (exit $2); stopping the others. Last lines of its log:"
+  tail -n 20 "$log_dir/process$1.log" >&2 || true
+  cleanup
+}
 status=0
-declare -A finished=()
-while ((${#finished[@]} < n)); do
-  for ((i = 0; i < n; i++)); do
-    [[ -n ${finished[$i]:-} ]] && continue
-    kill -0 "${pids[$i]}" 2>/dev/null && continue
-    rc=0
-    wait "${pids[$i]}" || rc=$?
-    finished[$i]=$rc
-    if ((rc != 0 && status == 0)); then
-      status=$rc
-      note "process $i failed (exit $rc); stopping the others. Last lines of its log:"
-      tail -n 20 "$log_dir/process$i.log" >&2 || true
-      cleanup
-    fi
-  done
-  if [[ -n $kill_deadline ]] && ((SECONDS >= kill_deadline)); then
-    for ((i = 0; i < n; i++)); do
-      [[ -n ${finished[$i]:-} ]] || kill -KILL "${pids[$i]}" 2>/dev/null || true
-    done
-    kill_deadline=""
-  fi
-  ((${#finished[@]} < n)) && sleep 0.2
-done
+supervise 0.2 KILL "${pids[@]}" || status=$?
 if ((status == 0)); then
   note "all $n processes finished; process 0 said:"
   tail -n 20 "$log_dir/process0.log" >&2 || true

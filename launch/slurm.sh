@@ -3,8 +3,8 @@
 set -euo pipefail
 
 PROG="launch/slurm.sh"
-LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_DIR="$(dirname "$LAUNCH_DIR")"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -35,24 +35,8 @@ Example:
 EOF
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-
-quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
-
 nodes=1 gpus=8 tasks_per=node partition="" account="" time_limit="" job_name="" python="" log_dir=""
-DRY_RUN=0
 extra=()
-need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 while (($#)); do
   case "$1" in
     -h | --help) usage; exit 0 ;;
@@ -116,10 +100,6 @@ cmd=(env "${env_words[@]}" sbatch --job-name="$job_name" --nodes="$nodes"
 [[ -n $time_limit ]] && cmd+=(--time="$time_limit")
 cmd+=("${extra[@]}" "$LAUNCH_DIR/slurm.sbatch" "$@")
 
-if ((DRY_RUN)); then
-  quote "${cmd[@]}"
-  exit 0
-fi
-echo "+ $(quote "${cmd[@]}")" >&2
+# The job starts in the directory sbatch is called from: the repository.
 cd "$REPO_DIR"
-"${cmd[@]}"
+run "${cmd[@]}"

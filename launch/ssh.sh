@@ -4,8 +4,8 @@
 set -euo pipefail
 
 PROG="launch/ssh.sh"
-LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_DIR="$(dirname "$LAUNCH_DIR")"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -36,25 +36,8 @@ Options:
 EOF
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-note() { echo "$PROG: $*" >&2; }
-
-quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
-
 hosts=() port=8476 coordinator="" remote_dir="$REPO_DIR" python="" log_dir=""
 env_extra=() ssh_opts=()
-DRY_RUN=0
-need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 add_hosts() { local h; IFS=',' read -r -a h <<<"$1"; hosts+=("${h[@]}"); }
 read_hosts_file() {
   [[ -f $1 ]] || die "hosts file $1 not found"
@@ -147,9 +130,8 @@ stop_others() {
     fi
   done
   # If an ssh client still has not returned well after that, give up on it.
-  client_deadline=$((SECONDS + KILL_GRACE_S + 10))
+  STOP_DEADLINE=$((SECONDS + KILL_GRACE_S + 10))
 }
-client_deadline=""
 trap 'note "interrupted"; stop_others; exit 130' INT TERM
 
 for i in "${!hosts[@]}"; do
@@ -159,32 +141,14 @@ for i in "${!hosts[@]}"; do
 done
 note "started $n processes (coordinator $coordinator:$port); logs in $log_dir"
 
+on_failure() {
+  note "process $1 on ${hosts[$1]} failed (exit $2); last lines of its log:"
+  tail -n 20 "$log_dir/host$1-${hosts[$1]#*@}.log" >&2 || true
+  stop_others
+}
 status=0
-remaining=$n
-declare -A done_=()
-while ((remaining)); do
-  for i in "${!hosts[@]}"; do
-    [[ -n ${done_[$i]:-} ]] && continue
-    kill -0 "${pids[$i]}" 2>/dev/null && continue
-    rc=0
-    wait "${pids[$i]}" || rc=$?
-    done_[$i]=1
-    remaining=$((remaining - 1))
-    if ((rc != 0 && status == 0)); then
-      status=$rc
-      note "process $i on ${hosts[$i]} failed (exit $rc); last lines of its log:"
-      tail -n 20 "$log_dir/host$i-${hosts[$i]#*@}.log" >&2 || true
-      stop_others
-    fi
-  done
-  if [[ -n $client_deadline ]] && ((SECONDS >= client_deadline)); then
-    for i in "${!hosts[@]}"; do
-      [[ -n ${done_[$i]:-} ]] || kill "${pids[$i]}" 2>/dev/null || true
-    done
-    client_deadline=""
-  fi
-  ((remaining)) && sleep 0.5
-done
+# After stop_others' deadline, an ssh client still waiting is given up on (SIGTERM).
+supervise 0.5 TERM "${pids[@]}" || status=$?
 if ((status == 0)); then
   note "all $n processes finished; logs in $log_dir"
 fi

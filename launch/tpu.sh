@@ -9,8 +9,8 @@ if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 404)); then
   echo "$PROG: error: needs bash >= 4.4 (this is $BASH_VERSION); on macOS: brew install bash" >&2
   exit 2
 fi
-LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_DIR="$(dirname "$LAUNCH_DIR")"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Local copies of per-worker logs; runs/ is git-ignored.
 LOCAL_LOG_ROOT="${KD_JAX_LOCAL_LOGS:-$REPO_DIR/runs/launch_logs}"
 
@@ -52,33 +52,6 @@ Example:
   launch/tpu.sh run configs/smoke.py --config.seed=1
   launch/tpu.sh logs && launch/tpu.sh delete
 EOF
-}
-
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-warn() { echo "$PROG: $*" >&2; }
-
-# Quotes arguments so that a printed command can be pasted back into a shell.
-quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
-
-DRY_RUN=0
-# Prints the command under --dry-run, else echoes it to stderr and runs it.
-run() {
-  if ((DRY_RUN)); then
-    quote "$@"
-  else
-    echo "+ $(quote "$@")" >&2
-    "$@"
-  fi
 }
 
 # --- settings -------------------------------------------------------------------------------------
@@ -162,7 +135,7 @@ cmd_wait() {
       exit 1
     fi
     if [[ $state != "$last" ]]; then
-      warn "queued resource $QR_ID: ${state:-<no state>} after $((SECONDS - start)) s"
+      note "queued resource $QR_ID: ${state:-<no state>} after $((SECONDS - start)) s"
       last=$state
     fi
     case "$state" in
@@ -225,7 +198,7 @@ cmd_setup() {
   # git archive ships exactly one commit: reproducible, and nothing untracked (tpu.env, runs/,
   # .venv) leaves this machine. Say so when there is work it leaves behind.
   if [[ -n "$(git -C "$REPO_DIR" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-    warn "warning: uncommitted changes are not copied; the workers get commit $sha ($ref)"
+    note "warning: uncommitted changes are not copied; the workers get commit $sha ($ref)"
   fi
   local tmp tarball
   if ((DRY_RUN)); then
@@ -312,8 +285,8 @@ cmd_run() {
   if ((!DRY_RUN)); then
     mkdir -p "$LOCAL_LOG_ROOT"
     echo "$name" >"$LOCAL_LOG_ROOT/LAST_TPU_RUN"
-    warn "started $name on $TPU_NAME; workdir $workdir"
-    warn "follow it: launch/tpu.sh logs $name --follow; resume it later: launch/tpu.sh run --name $name $config ..."
+    note "started $name on $TPU_NAME; workdir $workdir"
+    note "follow it: launch/tpu.sh logs $name --follow; resume it later: launch/tpu.sh run --name $name $config ..."
   fi
 }
 
@@ -356,7 +329,7 @@ cmd_logs() {
   run mkdir -p "$dest"
   on_all_workers "cat $log" --output-directory="$dest"
   if ((!DRY_RUN)); then
-    warn "logs of $name in $dest/ (one file per worker); last lines of worker 0:"
+    note "logs of $name in $dest/ (one file per worker); last lines of worker 0:"
     tail -n 20 "$dest/0.log" >&2 || true
   fi
 }

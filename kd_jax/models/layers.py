@@ -1,4 +1,5 @@
-"""Small building blocks shared by the 2-D models: PyTorch-exact BatchNorm, convs, temporal shift.
+"""Small building blocks shared by the 2-D models: PyTorch-exact BatchNorm, convs, temporal shift,
+the frames-in / logits-out ends of a per-frame network.
 
 BatchNorm follows PyTorch's `nn.BatchNorm2d` exactly, so that converted torchvision weights and
 PyTorch-trained running statistics behave the same in Flax:
@@ -22,6 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kd_jax.models import tsn
 
 Array = jax.Array
 Dtype = Any
@@ -128,6 +131,48 @@ def temporal_shift(x: Array, segments: int, shift_div: int = 8) -> Array:
   fwd = jnp.concatenate([zeros, v[:, :-1, :, :, fold:2 * fold]], axis=1)
   out = jnp.concatenate([back, fwd, v[..., 2 * fold:]], axis=-1)
   return out.reshape(nt, h, w, c)
+
+
+def fold_frames(
+    x: Array, *, model: str, in_channels: int, temporal_shift: bool) -> tuple[Array, int | None]:
+  """The input end of a per-frame network: `tsn.fold_segments`, then a check of the channel count.
+
+  Returns `(frames, segments)` as `tsn.fold_segments` does; clips are required when
+  `temporal_shift` is on.
+  """
+  x, segments = tsn.fold_segments(x, model=model, require_segments=temporal_shift)
+  if x.shape[-1] != in_channels:
+    raise ValueError(
+        f"{model} was built with in_channels={in_channels} but got input with "
+        f"{x.shape[-1]} channels (shape {tuple(x.shape)}); pass in_channels=... when building it")
+  return x, segments
+
+
+def pooled_classifier(
+    x: Array,
+    features: dict[str, Array],
+    segments: int | None,
+    *,
+    num_classes: int,
+    dropout_rate: float,
+    dtype: Dtype,
+    train: bool,
+    name: str,
+) -> tuple[Array, dict[str, Array]]:
+  """The output end of a per-frame network: global average pool, dropout, linear classifier.
+
+  Call it from the network's compact `__call__`: the classifier `nn.Dense` (named `name`) and the
+  dropout then belong to the network itself, so parameter paths stay `<name>/kernel`. Adds the
+  pooled vector to `features` as tap `pooled`, and returns the TSN-averaged logits (float32) and
+  the taps with their segment axis restored.
+  """
+  pooled = jnp.mean(x, axis=(1, 2))
+  features["pooled"] = pooled
+  if dropout_rate:
+    pooled = nn.Dropout(dropout_rate)(pooled, deterministic=not train)
+  logits = nn.Dense(num_classes, kernel_init=dense_init, dtype=dtype,
+                    name=name)(pooled).astype(jnp.float32)
+  return tsn.segment_consensus(logits, segments), tsn.unfold_segments(features, segments)
 
 
 def check_positive_int(name: str, value: Any) -> int:

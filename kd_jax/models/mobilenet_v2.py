@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.models import layers
-from kd_jax.models import tsn
 
 Array = jax.Array
 
@@ -96,11 +95,8 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    name = type(self).__name__
-    x, segments = tsn.fold_segments(x, model=name, require_segments=self.temporal_shift)
-    if x.shape[-1] != self.in_channels:
-      raise ValueError(f"{name} was built with in_channels={self.in_channels} but got input "
-                       f"with {x.shape[-1]} channels (shape {tuple(x.shape)})")
+    x, segments = layers.fold_frames(x, model=type(self).__name__, in_channels=self.in_channels,
+                                     temporal_shift=self.temporal_shift)
     x = layers.conv(32, 3, 2, dtype=self.dtype, name="stem_conv")(x.astype(self.dtype))
     x = nn.relu6(layers.BatchNorm(name="stem_bn")(x, train=train))
     features = {}
@@ -117,13 +113,9 @@ class MobileNetV2(nn.Module):
     x = layers.conv(self.last_channel, 1, dtype=self.dtype, name="head_conv")(x)
     x = nn.relu6(layers.BatchNorm(name="head_bn")(x, train=train))
     features["layer4"] = x
-    pooled = jnp.mean(x, axis=(1, 2))
-    features["pooled"] = pooled
-    if self.dropout_rate:
-      pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=not train)
-    logits = nn.Dense(self.num_classes, kernel_init=layers.dense_init, dtype=self.dtype,
-                      name="classifier")(pooled).astype(jnp.float32)
-    return tsn.segment_consensus(logits, segments), tsn.unfold_segments(features, segments)
+    return layers.pooled_classifier(x, features, segments, num_classes=self.num_classes,
+                                    dropout_rate=self.dropout_rate, dtype=self.dtype, train=train,
+                                    name="classifier")
 
 
 def tsm_mobilenet_v2(

@@ -21,7 +21,9 @@ attachment points) and `pooled` (the globally pooled vector fed to `fc`). For se
 logits are the TSN mean over segments.
 """
 
+from collections.abc import Callable
 from collections.abc import Sequence
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -29,7 +31,6 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.models import layers
-from kd_jax.models import tsn
 
 Array = jax.Array
 
@@ -118,12 +119,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    name = type(self).__name__
-    x, segments = tsn.fold_segments(x, model=name, require_segments=self.temporal_shift)
-    if x.shape[-1] != self.in_channels:
-      raise ValueError(
-          f"{name} was built with in_channels={self.in_channels} but got input with "
-          f"{x.shape[-1]} channels (shape {tuple(x.shape)}); pass in_channels=... when building it")
+    x, segments = layers.fold_frames(x, model=type(self).__name__, in_channels=self.in_channels,
+                                     temporal_shift=self.temporal_shift)
     block_cls = BLOCKS[self.block]
     if self.input_norm:
       x = layers.BatchNorm(name="data_bn")(x, train=train)
@@ -142,13 +139,9 @@ class ResNet(nn.Module):
             name=f"layer{i + 1}_{j}",
         )(x, train=train, segments=segments)
       features[f"layer{i + 1}"] = x
-    pooled = jnp.mean(x, axis=(1, 2))
-    features["pooled"] = pooled
-    if self.dropout_rate:
-      pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=not train)
-    logits = nn.Dense(self.num_classes, kernel_init=layers.dense_init, dtype=self.dtype,
-                      name="fc")(pooled).astype(jnp.float32)
-    return tsn.segment_consensus(logits, segments), tsn.unfold_segments(features, segments)
+    return layers.pooled_classifier(x, features, segments, num_classes=self.num_classes,
+                                    dropout_rate=self.dropout_rate, dtype=self.dtype, train=train,
+                                    name="fc")
 
 
 def build_resnet(
@@ -158,11 +151,12 @@ def build_resnet(
     num_classes: int = 1000,
     in_channels: int = 3,
     input_norm: bool = False,
+    # Ahead of `width` so that `depth_builder` gives the TSM builders their documented order.
+    shift_div: int = 8,
     width: int | None = None,
     stage_sizes: Sequence[int] | None = None,
     tiny: bool = False,
     temporal_shift: bool = False,
-    shift_div: int = 8,
     dropout_rate: float = 0.0,
     dtype: Any = jnp.float32,
 ) -> ResNet:
@@ -185,39 +179,45 @@ def build_resnet(
   )
 
 
-def resnet18(
+def depth_builder(
+    name: str,
+    block: str,
+    default_stages: Sequence[int],
+    doc: str,
     *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    input_norm: bool = False,
-    width: int | None = None,
-    stage_sizes: Sequence[int] | None = None,
-    tiny: bool = False,
-    dropout_rate: float = 0.0,
-    dtype: Any = jnp.float32,
-) -> ResNet:
-  """ResNet-18 (BasicBlock, stages 2-2-2-2); `tiny=True` gives width 8 and stages 1-1-1-1.
+    temporal_shift: bool = False,
+    module: str = __name__,
+) -> Callable[..., ResNet]:
+  """The public builder of one ResNet depth: `build_resnet` with the block type and stages fixed.
 
-  PKD's motion-vector network is `resnet18(in_channels=2, input_norm=True)`, its residual network
-  `resnet18(input_norm=True)`.
+  A plain ResNet takes every option but the TSM ones; a TSM ResNet (`temporal_shift=True`) takes
+  `shift_div` but not `input_norm`. `models.get` lists and checks a builder's arguments from its
+  signature, so the builder carries that subset of `build_resnet`'s signature instead of showing a
+  bare `**kwargs`, and binds its arguments to it, rejecting the others as a plain function would.
   """
-  return build_resnet("basic", (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels,
-                      input_norm=input_norm, width=width, stage_sizes=stage_sizes, tiny=tiny,
-                      dropout_rate=dropout_rate, dtype=dtype)
+  dropped = ("temporal_shift", "input_norm" if temporal_shift else "shift_div")
+  signature = inspect.signature(build_resnet)
+  signature = signature.replace(parameters=[
+      p for p in signature.parameters.values()
+      if p.kind is p.KEYWORD_ONLY and p.name not in dropped])
+
+  def builder(**kwargs: Any) -> ResNet:
+    options = signature.bind(**kwargs).arguments
+    return build_resnet(block, default_stages, temporal_shift=temporal_shift, **options)
+
+  builder.__signature__ = signature
+  builder.__name__ = builder.__qualname__ = name
+  builder.__module__ = module
+  builder.__doc__ = doc
+  return builder
 
 
-def resnet50(
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    input_norm: bool = False,
-    width: int | None = None,
-    stage_sizes: Sequence[int] | None = None,
-    tiny: bool = False,
-    dropout_rate: float = 0.0,
-    dtype: Any = jnp.float32,
-) -> ResNet:
-  """ResNet-50 v1.5 (Bottleneck, stages 3-4-6-3); `tiny=True` gives width 8 and stages 1-1-1-1."""
-  return build_resnet("bottleneck", (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels,
-                      input_norm=input_norm, width=width, stage_sizes=stage_sizes, tiny=tiny,
-                      dropout_rate=dropout_rate, dtype=dtype)
+resnet18 = depth_builder("resnet18", "basic", (2, 2, 2, 2), """\
+ResNet-18 (BasicBlock, stages 2-2-2-2); `tiny=True` gives width 8 and stages 1-1-1-1.
+
+PKD's motion-vector network is `resnet18(in_channels=2, input_norm=True)`, its residual network
+`resnet18(input_norm=True)`.
+""")
+resnet50 = depth_builder(
+    "resnet50", "bottleneck", (3, 4, 6, 3),
+    "ResNet-50 v1.5 (Bottleneck, stages 3-4-6-3); `tiny=True` gives width 8 and stages 1-1-1-1.")

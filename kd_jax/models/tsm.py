@@ -17,51 +17,17 @@ TSM's `n_round = 2` (shift only every second block) applies to ResNet-101's 23-b
 these depths.
 """
 
-from collections.abc import Sequence
-from typing import Any
-
-import jax.numpy as jnp
-
 from kd_jax.models.layers import temporal_shift
-from kd_jax.models.resnet import ResNet
-from kd_jax.models.resnet import build_resnet
+from kd_jax.models.resnet import depth_builder
 
 __all__ = ["temporal_shift", "tsm_resnet18", "tsm_resnet50"]
 
+tsm_resnet18 = depth_builder("tsm_resnet18", "basic", (2, 2, 2, 2), """\
+TSM ResNet-18 on clips `[B, T, H, W, C]`; `tiny=True` gives width 8 and stages 1-1-1-1.
 
-def tsm_resnet18(
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    shift_div: int = 8,
-    width: int | None = None,
-    stage_sizes: Sequence[int] | None = None,
-    tiny: bool = False,
-    dropout_rate: float = 0.0,
-    dtype: Any = jnp.float32,
-) -> ResNet:
-  """TSM ResNet-18 on clips `[B, T, H, W, C]`; `tiny=True` gives width 8 and stages 1-1-1-1.
-
-  `dropout_rate`: TSM's recipe uses 0.5 before the classifier (needs a 'dropout' rng in training).
-  """
-  return build_resnet("basic", (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels,
-                      width=width, stage_sizes=stage_sizes, tiny=tiny, temporal_shift=True,
-                      shift_div=shift_div, dropout_rate=dropout_rate, dtype=dtype)
-
-
-def tsm_resnet50(
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    shift_div: int = 8,
-    width: int | None = None,
-    stage_sizes: Sequence[int] | None = None,
-    tiny: bool = False,
-    dropout_rate: float = 0.0,
-    dtype: Any = jnp.float32,
-) -> ResNet:
-  """TSM ResNet-50 (v1.5) on clips `[B, T, H, W, C]`; `tiny=True`: width 8, stages 1-1-1-1."""
-  return build_resnet("bottleneck", (3, 4, 6, 3), num_classes=num_classes,
-                      in_channels=in_channels, width=width, stage_sizes=stage_sizes, tiny=tiny,
-                      temporal_shift=True, shift_div=shift_div, dropout_rate=dropout_rate,
-                      dtype=dtype)
+`dropout_rate`: TSM's recipe uses 0.5 before the classifier (needs a 'dropout' rng in training).
+""", temporal_shift=True, module=__name__)
+tsm_resnet50 = depth_builder(
+    "tsm_resnet50", "bottleneck", (3, 4, 6, 3),
+    "TSM ResNet-50 (v1.5) on clips `[B, T, H, W, C]`; `tiny=True`: width 8, stages 1-1-1-1.",
+    temporal_shift=True, module=__name__)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -213,6 +214,22 @@ def reencode_video(job: tuple, *, width: int, height: int, gop_size: int):
     return video_id, None, f"{video_id}: {type(e).__name__}: {e}"
   example = {"video": data, "label": label, "video_id": video_id, "num_frames": num_frames}
   return video_id, example, ""
+
+
+class SplitVideoBuilder(VideoBuilder, skip_registration=True):
+  """Base of the builders of downloaded datasets with official splits (``SplitConfig``).
+
+  Subclasses set ``BUILDER_CONFIGS = split_configs(...)`` and define ``_class_names()`` and
+  ``_jobs(dl_manager)``, whose jobs are ``reencode_video``'s: every source video is re-encoded at
+  the frame size and GOP length of the chosen split config.
+  """
+
+  DEFAULT_BUILDER_CONFIG_NAME = "split1"
+
+  def _encode_fn(self):
+    cfg = self.builder_config
+    return functools.partial(reencode_video, width=cfg.width, height=cfg.height,
+                             gop_size=cfg.gop_size)
 
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg")

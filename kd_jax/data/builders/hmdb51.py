@@ -14,7 +14,6 @@ and as CoViAR / MMAction lists number them. Videos tagged 0 are left out.
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
 import re
@@ -80,12 +79,11 @@ def read_lists(manual_dir: str, split_number: int) -> dict[str, list[tuple[str, 
   return out
 
 
-class Hmdb51(common.VideoBuilder, skip_registration=True):
+class Hmdb51(common.SplitVideoBuilder, skip_registration=True):
   """HMDB-51 (51 classes), official 70/30 splits 1-3, re-encoded to 340x256 MPEG-4."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
   BUILDER_CONFIGS = common.split_configs("HMDB-51")
-  DEFAULT_BUILDER_CONFIG_NAME = "split1"
 
   def _class_names(self):
     return CLASSES
@@ -97,8 +95,3 @@ class Hmdb51(common.VideoBuilder, skip_registration=True):
     hint = (f"; {len(rars)} .rar archives are still packed there (e.g. {os.path.basename(rars[0])})"
             " - extract them too" if rars else "")
     return common.locate_videos("hmdb51", manual_dir, lists, INSTRUCTIONS, hint)
-
-  def _encode_fn(self):
-    cfg = self.builder_config
-    return functools.partial(common.reencode_video, width=cfg.width, height=cfg.height,
-                             gop_size=cfg.gop_size)

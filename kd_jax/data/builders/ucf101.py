@@ -12,7 +12,6 @@ video is re-encoded to 340 x 256 raw MPEG-4 Part 2 (CoViAR's ``reencode.sh``).
 
 from __future__ import annotations
 
-import functools
 import os
 
 from kd_jax.data.builders import common
@@ -90,12 +89,11 @@ def read_lists(manual_dir: str, split_number: int) -> dict[str, list[tuple[str, 
   return out
 
 
-class Ucf101(common.VideoBuilder, skip_registration=True):
+class Ucf101(common.SplitVideoBuilder, skip_registration=True):
   """UCF-101 (101 classes, 13 320 videos), official splits 1-3, re-encoded to 340x256 MPEG-4."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
   BUILDER_CONFIGS = common.split_configs("UCF-101")
-  DEFAULT_BUILDER_CONFIG_NAME = "split1"
 
   def _class_names(self):
     return CLASSES
@@ -104,8 +102,3 @@ class Ucf101(common.VideoBuilder, skip_registration=True):
     manual_dir = common.manual_dir(dl_manager, "ucf101", INSTRUCTIONS)
     lists = read_lists(manual_dir, self.builder_config.split_number)
     return common.locate_videos("ucf101", manual_dir, lists, INSTRUCTIONS)
-
-  def _encode_fn(self):
-    cfg = self.builder_config
-    return functools.partial(common.reencode_video, width=cfg.width, height=cfg.height,
-                             gop_size=cfg.gop_size)
