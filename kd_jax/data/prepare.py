@@ -70,6 +70,51 @@ def prepare(name: str, *, manual_dir: str | None = None, data_dir: str | None = 
           "counts": dict(builder.counts), "skipped": list(builder.skipped)}
 
 
+def synthetic_builder(*, num_classes: int, train_clips: int, test_clips: int, num_frames: int,
+                      height: int, width: int, data_dir: str | None = None):
+  """A ``synthetic_actions`` builder of any size, named ``c{classes}_{train}x{test}_f{frames}_{h}x{w}``.
+
+  Methods that ask for the same size share one prepared copy (the name is the cache key).
+  """
+  from kd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from kd_jax.data.builders import synthetic_actions as sa  # pylint: disable=g-import-not-at-top
+  config = sa.SyntheticActionsConfig(
+      name=f"c{num_classes}_{train_clips}x{test_clips}_f{num_frames}_{height}x{width}",
+      description="kd_jax quickstart size",
+      spec=synthetic.SyntheticSpec(num_classes=num_classes, num_frames=num_frames, height=height,
+                                   width=width),
+      train_clips=train_clips, test_clips=test_clips)
+  return sa.SyntheticActions(config=config, data_dir=data_dir, file_format="array_record")
+
+
+def ensure_prepared(builder, *, workers: int = 1) -> bool:
+  """Prepares a generated dataset (``synthetic_actions``) unless it already is; True if it did.
+
+  Single-process only (several processes would race on the files): a multi-host run must prepare
+  first with this module's command line. Datasets with a manual download are never prepared here.
+
+  Raises:
+    DatasetError: the dataset needs a manual download, or several processes are running; the
+      message has the command to run.
+  """
+  if builder.is_prepared():
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  command = (f"python -m kd_jax.data.prepare {builder.name}/{builder.builder_config.name} "
+             f"--data_dir {builder.data_dir_root}")
+  if builder.name != "synthetic_actions":
+    raise common.DatasetError(f"{builder.name} is not prepared in {builder.data_dir_root}; run: "
+                              f"{command} --manual_dir DIR (see docs/data.md)")
+  if jax.process_count() > 1:
+    raise common.DatasetError(f"prepare {builder.name} before a multi-host run: {command}")
+  print(f"Preparing {builder.name}/{builder.builder_config.name} in {builder.data_dir_root} "
+        "(first use only) ...", flush=True)
+  builder.num_workers = max(1, workers)
+  tfds.disable_progress_bar()
+  builder.download_and_prepare()
+  return True
+
+
 def format_summary(name: str, summary: dict) -> str:
   """The summary printed at the end of ``prepare``."""
   counts = ", ".join(f"{split} {n}" for split, n in summary["counts"].items())

@@ -63,7 +63,9 @@ class Stage:
     name: used for the checkpoint directory, metric names and results.
     init_fn: ``init_fn(key) -> (params, model_state)``.
     loss_fn: see :mod:`kd_jax.train.steps`.
-    optimizer: the optimizer config block (:mod:`kd_jax.train.optim`).
+    optimizer: the optimizer config block (:mod:`kd_jax.train.optim`), or a function
+      ``optimizer(num_steps) -> (optax transformation, learning-rate schedule for logging)`` for
+      what a config block cannot say (e.g. GenKD's two optimisers taking turns).
     num_steps: the step budget.
     global_batch_size: examples per step over all devices and hosts.
     train_data: ``train_data(per_host_batch_size) -> DataIterator``.
@@ -77,7 +79,7 @@ class Stage:
   name: str
   init_fn: Callable[[jax.Array], tuple[Any, Any]]
   loss_fn: steps_lib.LossFn
-  optimizer: ml_collections.ConfigDict
+  optimizer: ml_collections.ConfigDict | Callable[[int], tuple[Any, Any]]
   num_steps: int
   global_batch_size: int
   train_data: Callable[[int], DataIterator]
@@ -137,7 +139,10 @@ class Runner:
   def run(self, stage: Stage) -> StageResult:
     cfg = self.config.train
     per_host = mesh_lib.per_host_batch_size(stage.global_batch_size, self.mesh)
-    tx, schedule = optim.make_optimizer(stage.optimizer, stage.num_steps)
+    if callable(stage.optimizer):
+      tx, schedule = stage.optimizer(stage.num_steps)
+    else:
+      tx, schedule = optim.make_optimizer(stage.optimizer, stage.num_steps)
     steps = steps_lib.build_steps(
         loss_fn=stage.loss_fn, tx=tx, schedule=schedule, mesh=self.mesh, init_fn=stage.init_fn,
         seed=self.config.seed, eval_fn=stage.eval_fn)

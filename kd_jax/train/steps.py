@@ -30,7 +30,8 @@ from kd_jax.train import evaluation
 from kd_jax.train import mesh as mesh_lib
 
 LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
-# eval_fn(params, model_state, frozen, batch) -> {'logits': [B, C], optional 'teacher_logits'}.
+# eval_fn(params, model_state, frozen, batch) -> {'logits': [B, C], optional 'teacher_logits', and
+# optional 'logits/<name>' for more classifiers, whose metrics are reported as '<name>/top1', ...}.
 EvalFn = Callable[[Any, Any, Any, Any], dict[str, jax.Array]]
 
 
@@ -128,8 +129,14 @@ def build_steps(
 
     def evaluate(state: TrainState, frozen, batch):
       out = eval_fn(state.params, state.model_state, frozen, batch)
-      return evaluation.classification_sums(
+      sums = evaluation.classification_sums(
           out["logits"], batch["label"], batch.get("mask"), out.get("teacher_logits"))
+      # Further classifiers of the same model (early exits): 'logits/<name>' -> '<name>/top1', ...
+      for key, value in out.items():
+        if key.startswith("logits/"):
+          extra = evaluation.classification_sums(value, batch["label"], batch.get("mask"))
+          sums.update({f"{key[len('logits/'):]}/{k}": v for k, v in extra.items() if k != "count"})
+      return sums
 
     steps.eval = jax.jit(evaluate, in_shardings=(state_sharding, repl, data), out_shardings=repl)
   return steps

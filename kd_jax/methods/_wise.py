@@ -1,0 +1,230 @@
+"""WISE (Weighted Inference with Scaled Ensemble): weight fitting, the early-exit cascade, costs.
+
+Part of the ``pkd`` method (pkd_wise.md section 5); a helper module, not a runnable method.
+
+Exits are numbered in cascade order (default R1..R4, MV1..MV4, I1..I4). The ensemble at exit k is
+
+    z~_k = sum_{j <= k} w^(k)_j z_j
+
+with one weight vector per exit, fitted on *train-split* logits by full-batch SGD (lr 0.1, 500
+steps, initialised at 1) on ``mean CE(z~_k, y) + alpha_k * ||w^(k)||_1``. The cascade runs exits
+1..E-1 and stops at the first whose softmax confidence exceeds the threshold (strictly); a sample
+no exit takes falls back to a weighted sum of the networks' final classifiers, whose weights are
+fitted the same way instead of hard-coded per split (section 9 item 8).
+
+Everything here is plain arrays in, arrays out; the cascade runs in float64 NumPy so thresholds
+such as 0.999999 are resolved exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kd_jax import losses
+
+VARIANTS = ("wise", "division", "no_scaling", "no_lateral")
+
+
+def alphas(num_exits: int, *, alpha: float = 0.1, free_exits: int = 5) -> np.ndarray:
+  """The official L1 strengths: 0 for exits 1..free_exits, ``alpha`` after (section 5.2)."""
+  return np.where(np.arange(1, num_exits + 1) <= free_exits, 0.0, alpha)
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _fit(exit_logits, labels, mask, alpha, lr, init, *, steps: int):
+  """Full-batch SGD of every exit's weights at once; rows are independent problems."""
+  z = exit_logits.astype(jnp.float32)
+
+  def objective(w):
+    # w: [R, E], mask: [R, E] (which exits row r may use); each row's loss depends on its row only,
+    # so the sum's gradient is every row's own gradient: R independent SGD runs.
+    wm = w * mask
+    combined = jax.vmap(lambda row: losses.wise_combine(z, row), out_axes=1)(wm)  # [N, R, C]
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        combined, labels[:, None].repeat(combined.shape[1], 1)).mean(0)
+    return jnp.sum(ce + alpha * jnp.sum(jnp.abs(wm), -1))
+
+  grad = jax.grad(objective)
+
+  def body(_, w):
+    return w - lr * grad(w)
+
+  w0 = jnp.full(mask.shape, init, jnp.float32) * mask
+  return jax.lax.fori_loop(0, steps, body, w0) * mask
+
+
+def fit_weights(exit_logits: np.ndarray, labels: np.ndarray, *, alpha: Sequence[float] | float,
+                lr: float = 0.1, steps: int = 500, init: float = 1.0,
+                fit_first: bool = False) -> np.ndarray:
+  """WISE weights of every exit: a lower-triangular ``[E, E]`` matrix, row k = ``w^(k)``.
+
+  Args:
+    exit_logits: ``[N, E, C]`` train-split logits in cascade order.
+    labels: ``[N]``.
+    alpha: L1 strength per exit (``[E]``) or one value for all.
+    lr, steps, init: plain SGD settings (official: 0.1, 500, 1).
+    fit_first: also fit exit 1's single weight; the official code uses exit 1 as it is (w = 1).
+  """
+  n, e, _ = exit_logits.shape
+  if len(labels) != n:
+    raise ValueError(f"{n} logits but {len(labels)} labels")
+  mask = np.tril(np.ones((e, e), np.float32))
+  a = np.broadcast_to(np.asarray(alpha, np.float32), (e,))
+  w = np.array(_fit(jnp.asarray(exit_logits), jnp.asarray(labels, jnp.int32), jnp.asarray(mask),
+                      jnp.asarray(a), jnp.float32(lr), jnp.float32(init), steps=int(steps)))
+  if not fit_first:
+    w[0] = 0.0
+    w[0, 0] = 1.0
+  return w
+
+
+def fit_vector(logits: np.ndarray, labels: np.ndarray, *, alpha: float, lr: float = 0.1,
+               steps: int = 500, init: float = 1.0) -> np.ndarray:
+  """One weight vector ``[K]`` over ``K`` classifiers ``[N, K, C]`` (the fallback weights)."""
+  k = logits.shape[1]
+  mask = np.ones((1, k), np.float32)
+  w = _fit(jnp.asarray(logits), jnp.asarray(labels, jnp.int32), jnp.asarray(mask),
+           jnp.asarray([alpha], jnp.float32), jnp.float32(lr), jnp.float32(init), steps=int(steps))
+  return np.asarray(w[0])
+
+
+def _softmax_max(z: np.ndarray) -> np.ndarray:
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e.max(-1) / e.sum(-1)
+
+
+@dataclasses.dataclass
+class CascadeResult:
+  """One cascade evaluation."""
+
+  accuracy: float
+  gmacs_per_video: float
+  exit_fraction: list[float]  # per cascade exit, the fallback last
+  predictions: np.ndarray
+  exits: np.ndarray
+
+
+def combine(exit_logits: np.ndarray, weights: np.ndarray, *, divide: bool = False) -> np.ndarray:
+  """All ensembles at once: ``[N, E, C]`` logits, ``[E, E]`` weights -> ``[N, E, C]`` (float64)."""
+  z = np.einsum("nec,ke->nkc", exit_logits.astype(np.float64), weights.astype(np.float64))
+  if divide:
+    z = z / np.arange(1, weights.shape[0] + 1)[None, :, None]
+  return z
+
+
+def cascade(combined: np.ndarray, fallback: np.ndarray, labels: np.ndarray, threshold: float,
+            costs: Sequence[float]) -> CascadeResult:
+  """The confidence-thresholded early exit, vectorised over samples.
+
+  Args:
+    combined: ``[N, X, C]`` the ensemble logits of the X cascade exits, in order.
+    fallback: ``[N, C]`` logits used when no exit fires.
+    labels: ``[N]``.
+    threshold: exit at the first k with ``max softmax(combined[:, k]) > threshold``.
+    costs: ``[X + 1]`` cumulative cost (GMACs per video) of stopping at each exit, then of the
+      fallback.
+
+  Returns:
+    Accuracy, mean cost, the fraction of samples per exit, and per-sample predictions and exits.
+  """
+  n, x, _ = combined.shape
+  costs = np.asarray(costs, np.float64)
+  if costs.shape != (x + 1,):
+    raise ValueError(f"costs must have {x + 1} entries (the exits and the fallback), got "
+                     f"{costs.shape}")
+  fires = _softmax_max(combined) > threshold  # [N, X]
+  first = np.where(fires.any(1), fires.argmax(1), x)
+  preds_all = np.concatenate([combined.argmax(-1), fallback.argmax(-1)[:, None]], 1)
+  preds = preds_all[np.arange(n), first]
+  counts = np.bincount(first, minlength=x + 1)
+  return CascadeResult(
+      accuracy=float(np.mean(preds == labels)),
+      gmacs_per_video=float(np.mean(costs[first])),
+      exit_fraction=(counts / n).tolist(),
+      predictions=preds,
+      exits=first,
+  )
+
+
+def cascade_costs(exit_costs: Sequence[Sequence[float]], segments: Sequence[int]) -> np.ndarray:
+  """Cumulative cost of each cascade exit and of the fallback, per video.
+
+  Args:
+    exit_costs: per network in cascade order, its four cumulative per-segment costs
+      ``[C1, C2, C3, C4]`` (``kd_jax.models.macs.exit_macs``).
+    segments: test segments per network, same order.
+
+  Returns:
+    ``[4 * M]`` costs: exit k of network m costs the full earlier networks (``C4 * S``) plus
+    ``Ck * S_m``; the last entry (the last network's exit 4) is the fallback's cost, every network
+    run to its end.
+  """
+  out, done = [], 0.0
+  for c, s in zip(exit_costs, segments):
+    out += [done + ck * s for ck in c]
+    done += c[3] * s
+  return np.asarray(out, np.float64)
+
+
+@dataclasses.dataclass
+class Fitted:
+  """WISE weights of one segment setting."""
+
+  weights: np.ndarray  # [E, E] lower triangular
+  fallback: np.ndarray  # [M] over the networks' final classifiers
+
+
+def fit(train_logits: np.ndarray, train_labels: np.ndarray, final_index: Sequence[int], *,
+        alpha: float, free_exits: int, fallback_alpha: float, lr: float, steps: int,
+        init: float) -> Fitted:
+  """Per-exit weights over ``[N, E, C]`` and fallback weights over the final exits."""
+  e = train_logits.shape[1]
+  w = fit_weights(train_logits, train_labels, alpha=alphas(e, alpha=alpha, free_exits=free_exits),
+                  lr=lr, steps=steps, init=init)
+  fb = fit_vector(train_logits[:, list(final_index)], train_labels, alpha=fallback_alpha, lr=lr,
+                  steps=steps, init=init)
+  return Fitted(w, fb)
+
+
+def evaluate(test_logits: np.ndarray, labels: np.ndarray, fitted: Fitted,
+             final_index: Sequence[int], costs: Sequence[float], thresholds: Sequence[float],
+             variants: Sequence[str], fallback: str = "finals") -> dict[str, list[dict]]:
+  """Accuracy and cost of every variant at every threshold.
+
+  Variants: ``wise`` (learned weights, no division: the paper's curve), ``division`` (z~_k / k),
+  ``no_scaling`` (all weights 1, fallback the plain sum of the finals), ``no_lateral`` (exit k uses
+  z_k alone; fallback the last network's final classifier, i.e. a plain early-exit cascade).
+  ``fallback``: ``finals`` (learned weights over the final classifiers) or ``last_exit`` (the
+  ensemble of the last exit, ``w^(E)``).
+  """
+  n, e, _ = test_logits.shape
+  finals = test_logits[:, list(final_index)].astype(np.float64)
+  out = {}
+  for variant in variants:
+    if variant in ("wise", "division"):
+      comb = combine(test_logits, fitted.weights, divide=variant == "division")
+      fb = (comb[:, -1] if fallback == "last_exit" else
+            np.einsum("nmc,m->nc", finals, fitted.fallback.astype(np.float64)))
+    elif variant == "no_scaling":
+      comb = combine(test_logits, np.tril(np.ones((e, e))))
+      fb = finals.sum(1)
+    elif variant == "no_lateral":
+      comb = test_logits.astype(np.float64)
+      fb = comb[:, -1]
+    else:
+      raise ValueError(f"unknown WISE variant {variant!r}; choose from {VARIANTS}")
+    rows = []
+    for t in thresholds:
+      r = cascade(comb[:, :-1], fb, labels, float(t), costs)
+      rows.append({"threshold": float(t), "accuracy": r.accuracy,
+                   "gmacs_per_video": r.gmacs_per_video, "exit_fraction": r.exit_fraction})
+    out[variant] = rows
+  return out

@@ -1,0 +1,198 @@
+"""The pkd method: curriculum, phase-tagged batches, config errors, and the smoke quickstart."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax import train
+from kd_jax.errors import UserError
+from kd_jax.methods import _pkd_report
+from kd_jax.methods import pkd
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BOUNDS = (50 / 300, 100 / 300)
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "kd_jax.main", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("kd_jax: error: ")]
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  return lines[0]
+
+
+@pytest.mark.parametrize("network, want", [
+    ("mv", {0: "mv", 49: "mv", 50: "residual", 99: "residual", 100: "mv", 299: "mv"}),
+    ("residual", {0: "mv", 49: "mv", 50: "residual", 99: "residual", 100: "residual"}),
+    ("iframe", {0: "mv", 49: "mv", 50: "residual", 99: "residual", 100: "iframe", 299: "iframe"}),
+])
+def test_official_curriculum_at_the_epoch_boundaries(network, want):
+  teachers = pkd.curriculum("progressive", network, 300, BOUNDS)
+  assert len(teachers) == 300
+  for epoch, teacher in want.items():
+    assert teachers[epoch] == teacher, epoch
+
+
+def test_curriculum_scales_to_the_budget_and_other_schedules():
+  # 30 epochs: boundaries 50/300 * 30 = 5 and 100/300 * 30 = 10.
+  assert pkd.boundary_epochs(30, BOUNDS) == [5, 10]
+  t = pkd.curriculum("progressive", "residual", 30, BOUNDS)
+  assert t[:5] == ["mv"] * 5 and t[5:10] == ["residual"] * 5 and t[10:] == ["residual"] * 20
+  t = pkd.curriculum("mv_r_i", "residual", 30, BOUNDS)
+  assert (t[4], t[5], t[9], t[10]) == ("mv", "residual", "residual", "iframe")
+  t = pkd.curriculum("anti_curriculum", "mv", 300, BOUNDS)
+  assert (t[0], t[49], t[50], t[99], t[100]) == ("mv", "mv", "residual", "residual", "mv")
+  t = pkd.curriculum("anti_curriculum", "iframe", 300, BOUNDS)
+  assert (t[0], t[50], t[100]) == ("iframe", "residual", "mv")
+  assert set(pkd.curriculum("iframe_only", "mv", 20, ())) == {"iframe"}
+  with pytest.raises(UserError, match="teacher_schedule"):
+    pkd.curriculum("mv_first", "mv", 10, BOUNDS)
+
+
+def test_batches_tag_the_phase_and_resume():
+  arrays = {"x": np.arange(20, dtype=np.float32), "label": np.zeros(20, np.int32)}
+  spe = 5  # 20 examples, batch 4
+  phase = lambda step: pkd.teacher_phase(step // spe, 6, (1 / 3, 2 / 3))  # epochs 0-1, 2-3, 4-5
+
+  def make():
+    return pkd.Batches(lambda: train.ArrayIterator(arrays, global_batch_size=4,
+                                                   per_host_batch_size=4, seed=0), phase)
+
+  it = make()
+  tags = [int(next(it)["teacher"][0]) for _ in range(30)]
+  assert tags == [0] * 10 + [1] * 10 + [2] * 10
+  a = make()
+  for _ in range(12):
+    next(a)
+  state = a.get_state()
+  b = make()
+  b.set_state(state)  # before the inner iterator exists: applied when it is built
+  x, y = next(a), next(b)
+  np.testing.assert_array_equal(x["x"], y["x"])
+  assert int(x["teacher"][0]) == int(y["teacher"][0]) == 1
+
+
+def test_host_init_matches_the_model_variables():
+  config = pkd.default_config()
+  for name in pkd.NETWORKS:
+    config.networks[name].model_kwargs = {"width": 8, "stage_sizes": (1, 1, 1, 1)}
+  nets = pkd.build_networks(config, 5)
+  for net in nets.values():
+    ex = pkd.backbone_example(net, 32)
+    want = jax.eval_shape(lambda x: net.backbone.init(jax.random.key(0), x, train=False), ex)
+    got = pkd.host_init(net.backbone, ex, seed=0)
+    assert jax.tree.structure(want) == jax.tree.structure(got)
+    assert all(w.shape == g.shape for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)))
+    # He-normal convs: std sqrt(2 / fan_out); BatchNorm variance 1.
+    k = got["params"]["layer1_0"]["conv1"]["kernel"]
+    std = np.sqrt(2 / (k.shape[0] * k.shape[1] * k.shape[3]))
+    assert abs(k.std() - std) < 0.2 * std
+    assert np.all(got["batch_stats"]["bn1"]["var"] == 1)
+  # Same seed, same start (CE and PKD ICs share their initialisation).
+  a = pkd.init_heads(nets["mv"], 32, 3)[0]
+  b = pkd.init_heads(nets["mv"], 32, 3)[0]
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--config.ic.teacher_schedule=mv_first", "unknown ic.teacher_schedule 'mv_first'"),
+    ("--config.wise.order=R,MV,X", "wise.order"),
+    ("--config.wise.variants=wise,bogus", "unknown wise.variants"),
+    ("--config.ic.bn_mode=drift", "ic.bn_mode"),
+])
+def test_bad_schedule_or_exits_fail_before_any_compute(tmp_path, override, needle):
+  data_dir = tmp_path / "tfds"
+  line = one_line_error(run_cli("--config", "configs/quickstart.py:smoke", "--workdir",
+                                str(tmp_path / "wd"), f"--config.data.data_dir={data_dir}",
+                                override, timeout=120))
+  assert needle in line
+  assert not data_dir.exists(), "no data may be prepared for a rejected config"
+  assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
+def test_missing_dataset_names_the_prepare_command(tmp_path):
+  line = one_line_error(run_cli("--config", "configs/pkd_hmdb.py:split=2", "--workdir",
+                                str(tmp_path / "wd"), f"--config.data.data_dir={tmp_path}",
+                                timeout=120))
+  assert f"python -m kd_jax.data.prepare hmdb51/split2 --data_dir {tmp_path}" in line
+  assert "--manual_dir" in line
+
+
+@pytest.mark.slow  # two command-line runs; mostly XLA compilation (about 2-4 min on 2 cores)
+def test_smoke_quickstart_end_to_end_and_resume(tmp_path):
+  wd, data_dir = tmp_path / "qs", tmp_path / "tfds"
+  args = ("--config", "configs/quickstart.py:smoke", "--workdir", str(wd),
+          f"--config.data.data_dir={data_dir}")
+  proc = run_cli(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Internal classifiers, CE vs PKD" in proc.stdout and "WISE" in proc.stdout
+
+  results = json.loads((wd / "results.json").read_text())
+  assert results["dataset"] == "synthetic_actions/tiny" and results["num_classes"] == 4
+  assert set(results["networks"]) == {"R", "MV", "I"}
+  assert set(results["ic"]) == {f"{n}{i}" for n in ("R", "MV", "I") for i in (1, 2, 3)}
+  for row in results["ic"].values():
+    for kind in ("ce", "pkd"):
+      assert 0.0 <= row[kind]["best"] <= 1.0 and row[kind]["best"] >= row[kind]["last"]
+    assert row["gain_last"] == pytest.approx(row["pkd"]["last"] - row["ce"]["last"])
+  block = results["wise"]["1/1/1"]
+  assert set(block["variants"]) == {"wise", "no_scaling", "no_lateral"}
+  assert len(block["weights"]) == 12 and len(block["fallback_weights"]) == 3
+  costs = block["exit_gmacs_per_video"]
+  assert all(a < b for a, b in zip(costs, costs[1:]))  # cumulative along the cascade
+  tau1 = block["variants"]["wise"][0]
+  assert tau1["threshold"] == 1.0 and tau1["exit_fraction"][-1] == 1.0  # nothing exits early
+  assert tau1["gmacs_per_video"] == pytest.approx(costs[-1])
+  for split in ("train", "test"):
+    with np.load(wd / "logits" / f"{split}_s1.npz") as f:
+      n = 12 if split == "train" else 8
+      assert f["residual/pkd"].shape == (n, 4, 4) and f["iframe/ce"].shape == (n, 4, 4)
+      np.testing.assert_array_equal(f["mv/ce"][:, 3], f["mv/pkd"][:, 3])  # one final classifier
+  report = (wd / "report.md").read_text()
+  for section in ("## Run", "## Modality networks", "## Internal classifiers: CE versus PKD",
+                  "## WISE", "## Accuracy versus compute", "## Cost model"):
+    assert section in report
+  assert (wd / "tradeoff.png").stat().st_size > 1000
+  # PKD stage: 6 epochs of 2 steps; the teacher changes at epochs round(6/6) = 1 and
+  # round(6/3) = 2: MV for steps 1-2, R for 3-4, the own final classifier for 5-12.
+  lines = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+  phases = {x["step"]: x["teacher_phase"] for x in lines if x["stage"] == "ic_pkd"}
+  assert [phases[s] for s in sorted(phases)] == [0, 0, 1, 1] + [2] * 8
+
+  # A rerun restores every stage and the logits instead of recomputing them.
+  before = (wd / "metrics.jsonl").read_text()
+  mtime = (wd / "logits" / "test_s1.npz").stat().st_mtime
+  proc = run_cli(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for stage in ("backbone", "ic_ce", "ic_pkd"):
+    assert f"Stage {stage} finished earlier" in proc.stderr
+  assert (wd / "metrics.jsonl").read_text() == before
+  assert (wd / "logits" / "test_s1.npz").stat().st_mtime == mtime
+  assert json.loads((wd / "results.json").read_text())["ic"] == results["ic"]
+
+  # Several runs (seeds or splits) are reported as mean ± std.
+  other = json.loads(json.dumps(results))
+  other["seed"] = 1
+  for row in other["ic"].values():
+    row["pkd"]["best"] = 1.0
+  agg = tmp_path / "agg"
+  agg.mkdir()
+  config = json.loads((wd / "config.json").read_text())
+  _pkd_report.pkd_report([results, other], agg, config)
+  text = (agg / "report.md").read_text()
+  assert "mean ± std over 2 runs" in text and "(n=2)" in text
+  r1 = results["ic"]["R1"]["pkd"]["best"]
+  assert f"{100 * (r1 + 1) / 2:.2f} ± {100 * abs(1 - r1) / 2:.2f} (n=2)" in text
