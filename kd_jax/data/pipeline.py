@@ -40,7 +40,7 @@ from kd_jax.data import transforms
 Kind = Literal["compressed", "rgb_clip", "rgb_segments"]
 KINDS = ("compressed", "rgb_clip", "rgb_segments")
 # Datasets whose classes depend on left/right motion: a horizontal flip would change the label.
-DIRECTION_SENSITIVE = ("synthetic_actions",)
+DIRECTION_SENSITIVE = ("synthetic_actions", "something_something_v2", "jester")
 
 
 @dataclasses.dataclass(frozen=True)

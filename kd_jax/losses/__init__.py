@@ -10,6 +10,9 @@ so other JAX projects can use it alone::
   loss = losses.hinton_kd_loss(student_logits, teacher_logits, temperature=4.0).mean()
 """
 
+from .distributions import distribution_divergence
+from .distributions import pooled_frequency_distribution
+from .distributions import weight_value_distribution
 from .generative import attention_distillation_loss
 from .generative import cvae_loss
 from .generative import generative_distillation_loss
@@ -28,14 +31,17 @@ __all__ = [
     "attention_distillation_loss",
     "cvae_loss",
     "dct_matrix",
+    "distribution_divergence",
     "generative_distillation_loss",
     "hinton_kd_loss",
     "kernel_frequency_distribution",
     "parameter_frequency_loss",
+    "pooled_frequency_distribution",
     "progressive_kd_loss",
     "soft_target_cross_entropy",
     "temporal_amplitude",
     "temporal_spectrum_loss",
     "uncertainty_weighted_sum",
+    "weight_value_distribution",
     "wise_combine",
 ]

@@ -1,7 +1,8 @@
 """TFDS builders of kd_jax's video datasets (array_record, no TensorFlow).
 
 Names: ``synthetic_actions`` (configs ``default``, ``tiny``), ``ucf101`` and ``hmdb51`` (configs
-``split1``, ``split2``, ``split3``; manual download). The builders do not register themselves with
+``split1``, ``split2``, ``split3``; manual download); ``something_something_v2``, ``jester``,
+``kinetics400`` (config ``default``; manual download). The builders do not register themselves with
 TFDS (its own, TensorFlow-only ``ucf101`` would clash); reach them through :func:`get_builder`, or read
 a prepared dataset with ``tfds.data_source('NAME/CONFIG', split=..., data_dir=...)`` or
 :func:`data_source`.
@@ -19,6 +20,10 @@ _BUILDERS = {
     "synthetic_actions": ("kd_jax.data.builders.synthetic_actions", "SyntheticActions"),
     "ucf101": ("kd_jax.data.builders.ucf101", "Ucf101"),
     "hmdb51": ("kd_jax.data.builders.hmdb51", "Hmdb51"),
+    "something_something_v2": ("kd_jax.data.builders.something_something_v2",
+                               "SomethingSomethingV2"),
+    "jester": ("kd_jax.data.builders.jester", "Jester"),
+    "kinetics400": ("kd_jax.data.builders.kinetics400", "Kinetics400"),
 }
 NAMES = tuple(_BUILDERS)
 
