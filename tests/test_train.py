@@ -24,6 +24,7 @@ from kd_jax import train
 from kd_jax.errors import UserError
 from kd_jax.train import evaluation
 from kd_jax.train import mesh as mesh_lib
+from kd_jax.train import metrics as metrics_lib
 from kd_jax.train import optim
 from kd_jax.train import steps as steps_lib
 
@@ -351,3 +352,13 @@ def test_two_processes_match_one(tmp_path, reference_run):
   for stage, metrics in ref["stages"].items():
     for key, value in metrics.items():
       assert got["stages"][stage][key] == pytest.approx(value, rel=1e-4, abs=1e-4), (stage, key)
+
+
+def test_resume_forgets_train_and_eval_lines_past_the_checkpoint(tmp_path):
+  writer = metrics_lib.MetricWriter(tmp_path, enabled=True)
+  for stage, step in [("a", 5), ("a", 10), ("a/eval", 10), ("b", 10), ("a/eval", 5)]:
+    writer.write(stage, step, {"loss": 1.0})
+  writer.drop_after("a", 5)
+  kept = [(e["stage"], e["step"]) for e in map(json.loads, (tmp_path / "metrics.jsonl").open())]
+  assert kept == [("a", 5), ("b", 10), ("a/eval", 5)]
+  writer.close()

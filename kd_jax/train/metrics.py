@@ -56,7 +56,9 @@ class MetricWriter:
         entry = json.loads(line)
       except json.JSONDecodeError:
         continue  # A line cut short by a kill.
-      if entry.get("stage") != stage or entry.get("step", 0) <= step:
+      # The stage's evaluations ("<stage>/eval") past the checkpoint are logged again too.
+      own = entry.get("stage") == stage or str(entry.get("stage", "")).startswith(stage + "/")
+      if not own or entry.get("step", 0) <= step:
         kept.append(line)
     self.path.write_text("".join(k + "\n" for k in kept))
 

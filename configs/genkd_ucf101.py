@@ -1,0 +1,38 @@
+r"""GenKD on UCF-101 (split 1): the paper's recognition setting, RGB stream (genkd.md 5-7).
+
+  python -m kd_jax.models.convert rgb_imagenet.pt runs/i3d_rgb_imagenet --model i3d
+  python -m kd_jax.main --config configs/genkd_ucf101.py \
+      --config.teacher.checkpoint=runs/i3d_rgb_imagenet [--workdir runs/genkd_ucf101]
+
+Data: ``python -m kd_jax.data.prepare ucf101/split1 --manual_dir DIR`` first (docs/data.md); the
+splits 2 and 3 with ``--config.data.config=split2``. Clips: 64 consecutive frames at 224x224, TSN
+multi-scale corner crops and flips in training, a centre crop at test; short videos loop-padded.
+
+Stages: phase 1, the I3D teacher from pytorch-i3d's ``rgb_imagenet.pt`` (ImageNet-inflated,
+Kinetics-400-trained; the official code's teacher start) with its attention head and CVAE, 40
+epochs (the phase-1 recipe is not released: the official student's SGD settings, epochs our
+choice, genkd.md 9.B.2); the Top-I3D student from scratch without distillation (baseline), and with
+GenKD for 200 epochs. Each epoch is a CVAE pass and a network pass. Official hyper-parameters
+(genkd.md 6): SGD lr 1e-3, momentum 0.9, coupled L2 5e-4 on every parameter, constant rate,
+batch 6; CVAE Adam lr 1e-4, b1 0.8; GD weight 0.01 (released v8 variant), AD weight 0.1, L_rec
+ramp 0.5 * min(e, 20) / 20, KL weight 0.1, double-softmax cross-entropy, batch-global
+renormalisation. Every alternative of genkd.md 10 is a ``config.loss`` field.
+
+Cost (analytic): Top-I3D 45 GMACs and I3D 111 GMACs per clip, the attention head 1.8 G and the CVAE
+(training only) about 0.1 G; per epoch two passes over 9.5k clips plus the teacher's forward in
+pass B: about 1-2 GPU-days on one H100 for the whole run (not measured). The batch of 6 must
+divide by the device count (``--config.student.batch_size``).
+Variants: none.
+"""
+
+import ml_collections
+
+from kd_jax.methods import genkd
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in (None, ""):
+    raise ValueError(f"configs/genkd_ucf101.py has no variant {arg!r}")
+  config = genkd.base_config()
+  config.data.name, config.data.config = "ucf101", "split1"
+  return config

@@ -1,0 +1,927 @@
+"""GenKD: generative model-based feature distillation for action recognition (AAAI-24), end to end.
+
+Specification: ``specs/genkd.md``. Three stages on :mod:`kd_jax.train`, all with the same two-pass
+epoch:
+
+1. ``teacher`` (phase 1, "Feature Representation"): I3D with its attention head and CVAE, from
+   converted ``rgb_imagenet.pt`` weights when ``config.teacher.checkpoint`` names them.
+2. ``student_baseline``: Top-heavy I3D with its own attention head and CVAE, without the two
+   distillation terms (what GenKD is measured against).
+3. ``student_genkd`` (phase 2): the same student, same initialisation and data order, with
+   Generative Distillation (``use_gd``) and Attention Distillation (``use_ad``).
+
+**One epoch = pass A then pass B** (genkd.md 5.1/5.2), each ``steps_per_pass`` batches:
+
+* pass A trains only the CVAE: ``cvae_loss(F, F_hat, mu, log_var, A)`` (+ ``gd_weight *
+  generative_distillation_loss(F_hat_s, F_hat_t)`` for the distilled student, where the teacher
+  CVAE runs on the student's F and A in posterior mode: the released "v8" variant;
+  ``gd_variant='teacher_prior'`` is dev-v2, the teacher CVAE in prior mode on the teacher's own
+  attention). The network runs in train mode, so its BatchNorm statistics update, but gets no
+  gradient.
+* pass B trains the network (backbone + attention head + classifier): the classification loss on
+  the foreground feature ``F_fg = F*A * sum(F) / sum(F*A)`` (sums over the whole global batch, in
+  float32), ``w(e) * L_rec`` with ``L_rec = mean((Dec(A + eps, A) - F)^2)`` through the frozen
+  CVAE (target not detached), and ``ad_weight * attention_distillation_loss(A_s, A_t)`` against
+  the frozen teacher for the distilled student.
+
+**How the two passes run on the engine (one Stage).** The trainable pytree is
+``{'net': {'backbone', 'attention_head'}, 'cvae'}``; the optimiser is :func:`alternating`, an
+optax transformation that hands phase ``k`` of every ``steps_per_pass`` steps to one sub-optimiser
+(SGD with coupled L2 on ``net`` in pass B, Adam(b1=0.8) on ``cvae`` in pass A); the inactive one
+sees no update and keeps its state (momentum, Adam moments and bias-correction count) untouched,
+exactly like two PyTorch optimisers of which only one is stepped. The loss function reads the same
+step count from ``model_state['count']`` and picks the pass with ``jax.lax.cond``, differentiating
+only the pass's own parameters (the rest under ``stop_gradient``). Both counts live in the
+checkpointed train state, so a resumed run continues in the right pass and epoch. One program per
+stage is compiled; the baseline and distilled students share it (the distillation switches are
+runtime inputs in ``frozen``, and the teacher's forward pass sits behind a ``lax.cond``, so the
+baseline does not pay for it), and with the persistent compilation cache the second student stage
+compiles nothing.
+
+**Evaluation** uses the attention path (``F_fg``), like the official test, with per-clip
+renormalisation (the official test runs one clip per batch; ``eval_renorm_scope='global'`` uses
+the batch); the video score is the sum over time steps of per-step softmaxes (or mean logits with
+``cls_loss='mean_logits'``).
+
+**Outputs**: ``results.json``, ``report.md`` with the table and ``curves.png``, and
+``student.ckpt`` (an orbax checkpoint: backbone, attention head and classifier of the distilled
+student; the CVAE is training-only and dropped), read back by :func:`load_student`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+from absl import logging
+from etils import epath
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kd_jax import losses
+from kd_jax import models
+from kd_jax import train
+from kd_jax.errors import UserError
+from kd_jax.train import optim
+
+CLS_LOSSES = ("double_softmax", "mean_logits")
+RENORM_SCOPES = ("global", "per_sample")
+RAMPS = ("official", "linear")
+GD_VARIANTS = ("v8", "teacher_prior")
+STAGES = ("teacher", "student_baseline", "student_genkd")
+PASS_A, PASS_B = 0, 1
+METRIC_KEYS = ("pass", "epoch", "cvae", "gd", "cls", "rec", "rec_weight", "ad")
+
+
+# ------------------------------------------------------------------------------------------------
+# The method's own pieces (pure functions; tested against hand-computed values).
+
+
+def foreground(features: jax.Array, attention: jax.Array, *, scope: str = "global") -> jax.Array:
+  """GenKD's foreground feature ``F_fg = (F * A) * sum(F) / sum(F * A)`` (genkd.md 4.2).
+
+  Args:
+    features: ``F [B, T, H, W, C]``.
+    attention: ``A [B, T, C]``, broadcast over H x W.
+    scope: ``'global'``: one scalar from sums over the whole (global) batch, as the official code;
+      under ``jax.jit`` with a sharded batch the sums span every device and host. ``'per_sample'``:
+      one scale per clip.
+
+  Returns:
+    ``F_fg`` with the shape and dtype of ``features``; the sums are taken in float32.
+  """
+  if scope not in RENORM_SCOPES:
+    raise ValueError(f"scope must be one of {RENORM_SCOPES}, got {scope!r}")
+  f = features.astype(jnp.float32)
+  fa = f * attention.astype(jnp.float32)[:, :, None, None, :]
+  axes = None if scope == "global" else tuple(range(1, f.ndim))
+  keep = scope != "global"
+  num = jnp.sum(f, axis=axes, keepdims=keep)
+  den = jnp.sum(fa, axis=axes, keepdims=keep)
+  # F * A is all zero where the sum is (A > 0, F >= 0), so any finite scale gives the same result.
+  safe = jnp.where(den > 0, den, 1.0)
+  return (fa * jnp.where(den > 0, num / safe, 1.0)).astype(features.dtype)
+
+
+def video_scores(logits: jax.Array, kind: str = "double_softmax") -> jax.Array:
+  """Per-time-step logits ``[B, T', K]`` -> video scores ``[B, K]``.
+
+  ``'double_softmax'``: ``sum_t softmax(l_t)`` (the official score, and what its CE is taken on);
+  ``'mean_logits'``: ``mean_t l_t``.
+  """
+  if kind not in CLS_LOSSES:
+    raise ValueError(f"kind must be one of {CLS_LOSSES}, got {kind!r}")
+  logits = logits.astype(jnp.float32)
+  if kind == "double_softmax":
+    return jnp.sum(jax.nn.softmax(logits, axis=-1), axis=1)
+  return jnp.mean(logits, axis=1)
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array, kind: str = "double_softmax"
+                        ) -> jax.Array:
+  """Per-example classification loss of GenKD (genkd.md 4.2), shape ``[B]``.
+
+  ``'double_softmax'``: ``-log softmax(p)_y`` with ``p = sum_t softmax(l_t)``, cross-entropy on
+  summed probabilities used as logits, exactly as the official code; ``'mean_logits'``: ordinary
+  cross-entropy on the time-averaged logits.
+  """
+  return optax.softmax_cross_entropy_with_integer_labels(video_scores(logits, kind), labels)
+
+
+def reconstruction_weight(epoch: jax.Array | int, *, kind: str = "official",
+                          max_weight: float = 0.5, ramp_epochs: int = 20) -> jax.Array:
+  """The ramp ``w(e) = max_weight * min(e, ramp_epochs) / ramp_epochs`` of ``L_rec`` (1-based e).
+
+  ``'official'`` (KD scripts): ``ramp_epochs=20``; ``'linear'`` (GAF / dev phase 1): pass the
+  run's number of epochs as ``ramp_epochs``. The two differ only in which ``ramp_epochs`` the
+  caller passes; ``kind`` is checked so that configs cannot misspell it.
+  """
+  if kind not in RAMPS:
+    raise ValueError(f"kind must be one of {RAMPS}, got {kind!r}")
+  if ramp_epochs < 1:
+    raise ValueError(f"ramp_epochs must be >= 1, got {ramp_epochs}")
+  e = jnp.asarray(epoch, jnp.float32)
+  return max_weight * jnp.minimum(e, float(ramp_epochs)) / float(ramp_epochs)
+
+
+def pass_and_epoch(count: jax.Array, steps_per_pass: int) -> tuple[jax.Array, jax.Array]:
+  """``(pass, epoch)`` of step ``count`` (0-based): pass 0 = A, 1 = B; epochs are 1-based."""
+  return (count // steps_per_pass) % 2, count // (2 * steps_per_pass) + 1
+
+
+class AlternatingState(NamedTuple):
+  count: jax.Array
+  inner: Any
+
+
+def alternating(phases: Sequence[tuple[str, optax.GradientTransformation]],
+                steps_per_phase: int) -> optax.GradientTransformation:
+  """Optimisers that take turns: phase ``k`` of every ``steps_per_phase`` steps updates one part.
+
+  Args:
+    phases: ``(key, transformation)`` per phase, in order; ``key`` is a top-level key of the
+      parameters, which must be exactly these keys.
+    steps_per_phase: steps of each phase before the next one starts (cycling).
+
+  Returns:
+    An optax transformation. During phase ``k`` only ``phases[k]``'s part is updated by its
+    transformation; every other part gets a zero update and its optimiser state stays as it was
+    (no momentum, no weight decay, no step count), as when only one of several PyTorch optimisers
+    is stepped.
+  """
+  if steps_per_phase < 1:
+    raise ValueError(f"steps_per_phase must be >= 1, got {steps_per_phase}")
+  keys = [k for k, _ in phases]
+  if len(set(keys)) != len(keys):
+    raise ValueError(f"each phase needs its own parameter key, got {keys}")
+  txs = dict(phases)
+
+  def init(params):
+    if set(params) != set(keys):
+      raise ValueError(f"parameters have keys {sorted(params)}, the phases {sorted(keys)}")
+    return AlternatingState(jnp.zeros([], jnp.int32), {k: txs[k].init(params[k]) for k in keys})
+
+  def update(updates, state, params=None):
+    if params is None:
+      params = {k: None for k in keys}
+
+    def branch(active: str):
+      def fn(args):
+        upd, inner, prm = args
+        new_upd, new_inner = {}, {}
+        for k in keys:
+          if k == active:
+            new_upd[k], new_inner[k] = txs[k].update(upd[k], inner[k], prm[k])
+          else:
+            new_upd[k], new_inner[k] = jax.tree.map(jnp.zeros_like, upd[k]), inner[k]
+        return new_upd, new_inner
+      return fn
+
+    phase = (state.count // steps_per_phase) % len(keys)
+    new_updates, inner = jax.lax.switch(phase, [branch(k) for k in keys],
+                                        (updates, state.inner, params))
+    return new_updates, AlternatingState(state.count + 1, inner)
+
+  return optax.GradientTransformation(init, update)
+
+
+# ------------------------------------------------------------------------------------------------
+# Models.
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """A backbone (I3D or Top-I3D) with its attention head and CVAE."""
+
+  net: nn.Module
+  head: nn.Module
+  cvae: nn.Module
+  tap: str
+
+
+def _kwargs(block: Any) -> dict[str, Any]:
+  kw = block.to_dict() if isinstance(block, ml_collections.ConfigDict) else dict(block or {})
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+
+
+def build_networks(model: str, model_kwargs: Mapping[str, Any], attention_kwargs: Mapping[str, Any],
+                   num_classes: int, tap: str = "Mixed_5c") -> Networks:
+  """The three modules of one network; a ``UserError`` for arguments the models reject."""
+  try:
+    net = models.get(model, num_classes=num_classes, **dict(model_kwargs))
+    head = models.get("generative_attention", part="attention", **dict(attention_kwargs))
+    cvae_kwargs = {k: v for k, v in dict(attention_kwargs).items()
+                   if k not in ("hidden_channels", "tiny")}
+    cvae = models.get("generative_attention", part="cvae", **cvae_kwargs)
+  except ValueError as e:
+    raise UserError(f"cannot build the GenKD networks ({model}): {e}") from None
+  return Networks(net, head, cvae, tap)
+
+
+def feature_shape(nets: Networks, clip_shape: Sequence[int]) -> tuple[int, ...]:
+  """Shape of the distilled tap for one clip of ``clip_shape`` ``(T, H, W, 3)``."""
+  x = jax.ShapeDtypeStruct((1, *clip_shape), jnp.float32)
+  try:
+    v = jax.eval_shape(lambda x: nets.net.init(jax.random.key(0), x, train=False), x)
+    feats = jax.eval_shape(
+        lambda v, x: nets.net.apply(v, x, train=False, method="extract_features"), v, x)
+  except ValueError as e:
+    raise UserError(f"{type(nets.net).__name__} does not take clips {tuple(clip_shape)}: {e}"
+                    ) from None
+  if nets.tap not in feats:
+    raise UserError(f"the network has no feature tap {nets.tap!r}; taps: {', '.join(feats)}")
+  return tuple(feats[nets.tap].shape)
+
+
+def init_variables(nets: Networks, key: jax.Array, clip_shape: Sequence[int],
+                   pretrained: Mapping[str, Any] | None = None) -> tuple[dict, dict]:
+  """``(params, model_state)`` of a GenKD stage: ``params = {'net': {'backbone',
+  'attention_head'}, 'cvae'}``, ``model_state = {'batch_stats', 'count'}``.
+
+  ``pretrained`` (converted variables of the backbone) replaces every backbone weight of the same
+  path except the classifier ``logits``.
+  """
+  k_net, k_head, k_cvae = jax.random.split(key, 3)
+  x = jnp.zeros((1, *clip_shape), jnp.float32)
+  v = nets.net.init(k_net, x, train=False)
+  f = jnp.zeros(feature_shape(nets, clip_shape), jnp.float32)
+  a = jnp.zeros((f.shape[0], f.shape[1], f.shape[-1]), jnp.float32)
+  head = nets.head.init(k_head, f)["params"]
+  cvae = nets.cvae.init({"params": k_cvae, "reparam": k_cvae}, f, a, mode="posterior")["params"]
+  backbone, batch_stats = v["params"], v.get("batch_stats", {})
+  if pretrained is not None:
+    backbone = _merge(backbone, pretrained.get("params", {}), skip=("logits",))
+    batch_stats = _merge(batch_stats, pretrained.get("batch_stats", {}), skip=())
+  params = {"net": {"backbone": backbone, "attention_head": head}, "cvae": cvae}
+  return params, {"batch_stats": batch_stats, "count": jnp.zeros([], jnp.int32)}
+
+
+def _merge(tree: Any, pretrained: Mapping[str, Any], skip: Sequence[str]) -> Any:
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+  pre = flax.traverse_util.flatten_dict(flax.core.unfreeze(dict(pretrained)), sep="/")
+  missing = [k for k in flat if k.split("/")[0] not in skip and k not in pre]
+  if missing:
+    raise UserError(f"the teacher checkpoint lacks {len(missing)} backbone weights (e.g. "
+                    f"{', '.join(missing[:3])}); convert pytorch-i3d rgb_imagenet.pt with "
+                    "--model i3d and matching --kwargs")
+  for k in flat:
+    if k.split("/")[0] in skip:
+      continue
+    if tuple(np.shape(pre[k])) != tuple(flat[k].shape):
+      raise UserError(f"teacher checkpoint weight {k} has shape {tuple(np.shape(pre[k]))}, the "
+                      f"model {tuple(flat[k].shape)}; convert the same architecture and width")
+    flat[k] = jnp.asarray(pre[k], flat[k].dtype)
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+# ------------------------------------------------------------------------------------------------
+# The two-pass step.
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The loss settings of one stage (static: they shape the compiled program)."""
+
+  cls_loss: str = "double_softmax"
+  renorm_scope: str = "global"
+  eval_renorm_scope: str = "per_sample"
+  kl_weight: float = 0.1
+  rec_ramp: str = "official"
+  rec_max_weight: float = 0.5
+  rec_ramp_epochs: int = 20
+  rec_detach_target: bool = False
+  gd_variant: str = "v8"
+  gd_weight: float = 0.01
+  ad_weight: float = 0.1
+
+
+def _features(nets: Networks, backbone, batch_stats, x, *, train: bool):
+  """The tap and, in training, the updated BatchNorm statistics."""
+  variables = {"params": backbone, "batch_stats": batch_stats}
+  if train:
+    feats, new = nets.net.apply(variables, x, train=True, mutable=["batch_stats"],
+                                method="extract_features")
+    return feats[nets.tap], new["batch_stats"]
+  return nets.net.apply(variables, x, train=False, method="extract_features")[nets.tap], batch_stats
+
+
+def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
+                 teacher: Networks | None = None):
+  """The engine loss ``loss_fn(params, model_state, frozen, batch, rng)`` of a GenKD stage.
+
+  ``teacher`` (phase 2) makes the step read ``frozen = {'teacher': {'backbone': {'params',
+  'batch_stats'}, 'attention_head', 'cvae'}, 'use_gd': f32, 'use_ad': f32}``; the switches are
+  runtime values, so a baseline (both 0) and a distilled run compile to the same program, and a
+  term that is off skips its teacher computation (``lax.cond``).
+  """
+  f32 = jnp.float32
+
+  def loss_fn(params, model_state, frozen, batch, rng):
+    count = model_state["count"]
+    phase, epoch = pass_and_epoch(count, steps_per_pass)
+    k_drop, k_rep, k_prior, k_t = jax.random.split(rng, 4)
+    x, labels = batch["video"], batch["label"]
+    zero = jnp.zeros([], f32)
+
+    def pass_a():
+      net = jax.lax.stop_gradient(params["net"])
+      f, bs = _features(nets, net["backbone"], model_state["batch_stats"], x, train=True)
+      a = nets.head.apply({"params": net["attention_head"]}, f)
+      out = nets.cvae.apply({"params": params["cvae"]}, f, a, mode="posterior",
+                            rngs={"reparam": k_rep})
+      l_cvae = losses.cvae_loss(f, out.reconstruction, out.mean, out.log_var, a,
+                                kl_weight=lc.kl_weight).mean()
+      l_gd = zero
+      if teacher is not None:
+        t = frozen["teacher"]
+
+        def gd():
+          if lc.gd_variant == "v8":  # the teacher CVAE on the student's F and A (released code)
+            t_rec = teacher.cvae.apply({"params": t["cvae"]}, f, a, mode="posterior",
+                                       rngs={"reparam": k_t}).reconstruction
+          else:  # dev v2: Dec_t(A_t + eps, A_t) on the teacher's own features and attention
+            t_f, _ = _features(teacher, t["backbone"]["params"], t["backbone"]["batch_stats"], x,
+                               train=False)
+            t_a = teacher.head.apply({"params": t["attention_head"]}, t_f)
+            t_rec = teacher.cvae.apply({"params": t["cvae"]}, t_f, t_a, mode="prior",
+                                       rngs={"prior": k_t}).reconstruction
+          return losses.generative_distillation_loss(out.reconstruction, t_rec).mean()
+
+        l_gd = jax.lax.cond(frozen["use_gd"] > 0, gd, lambda: zero)
+      loss = l_cvae + lc.gd_weight * l_gd
+      return loss, dict(cvae=l_cvae, gd=l_gd, cls=zero, rec=zero, rec_weight=zero, ad=zero), bs
+
+    def pass_b():
+      cvae = jax.lax.stop_gradient(params["cvae"])
+      backbone = params["net"]["backbone"]
+      f, bs = _features(nets, backbone, model_state["batch_stats"], x, train=True)
+      a = nets.head.apply({"params": params["net"]["attention_head"]}, f)
+      logits = nets.net.apply({"params": backbone}, foreground(f, a, scope=lc.renorm_scope),
+                              train=True, method="classify", rngs={"dropout": k_drop})
+      l_cls = classification_loss(logits, labels, lc.cls_loss).mean()
+      rec = nets.cvae.apply({"params": cvae}, f, a, mode="prior",
+                            rngs={"prior": k_prior}).reconstruction
+      target = jax.lax.stop_gradient(f) if lc.rec_detach_target else f
+      l_rec = jnp.mean(jnp.square(rec.astype(f32) - target.astype(f32)))
+      w = reconstruction_weight(epoch, kind=lc.rec_ramp, max_weight=lc.rec_max_weight,
+                                ramp_epochs=lc.rec_ramp_epochs)
+      l_ad = zero
+      if teacher is not None:
+        t = frozen["teacher"]
+
+        def ad():
+          t_f, _ = _features(teacher, t["backbone"]["params"], t["backbone"]["batch_stats"], x,
+                             train=False)
+          t_a = teacher.head.apply({"params": t["attention_head"]}, t_f)
+          return losses.attention_distillation_loss(a, t_a).mean()
+
+        l_ad = jax.lax.cond(frozen["use_ad"] > 0, ad, lambda: zero)
+      loss = l_cls + w * l_rec + lc.ad_weight * l_ad
+      return loss, dict(cvae=zero, gd=zero, cls=l_cls, rec=l_rec, rec_weight=w, ad=l_ad), bs
+
+    loss, metrics, batch_stats = jax.lax.cond(phase == PASS_A, pass_a, pass_b)
+    metrics = dict(metrics, **{"pass": phase.astype(f32), "epoch": epoch.astype(f32)})
+    return loss, (metrics, {"batch_stats": batch_stats, "count": count + 1})
+
+  return loss_fn
+
+
+def make_eval_fn(nets: Networks, lc: LossConfig):
+  """``eval_fn(params, model_state, frozen, batch) -> {'logits': video scores [B, K]}``."""
+
+  def eval_fn(params, model_state, frozen, batch):
+    del frozen
+    scores, _ = predict(nets, params["net"], model_state["batch_stats"], batch["video"],
+                        cls_loss=lc.cls_loss, renorm_scope=lc.eval_renorm_scope)
+    return {"logits": scores}
+
+  return eval_fn
+
+
+def predict(nets: Networks, net_params: Mapping[str, Any], batch_stats: Any, x: jax.Array, *,
+            cls_loss: str = "double_softmax", renorm_scope: str = "per_sample"
+            ) -> tuple[jax.Array, jax.Array]:
+  """Inference with the attention path: ``(video scores [B, K], attention [B, T, C])``.
+
+  ``net_params = {'backbone', 'attention_head'}``: what ``student.ckpt`` holds.
+  """
+  f, _ = _features(nets, net_params["backbone"], batch_stats, x, train=False)
+  a = nets.head.apply({"params": net_params["attention_head"]}, f)
+  logits = nets.net.apply({"params": net_params["backbone"]}, foreground(f, a, scope=renorm_scope),
+                          train=False, method="classify")
+  return video_scores(logits, cls_loss), a
+
+
+def make_optimizer(net_cfg: ml_collections.ConfigDict, cvae_cfg: ml_collections.ConfigDict,
+                   steps_per_pass: int):
+  """The stage optimiser factory: CVAE in pass A, network in pass B (see :func:`alternating`)."""
+
+  def build(num_steps: int):
+    own = max(1, num_steps // 2)  # each optimiser steps in half of the stage's steps
+    net_tx, net_schedule = optim.make_optimizer(net_cfg, own)
+    cvae_tx, _ = optim.make_optimizer(cvae_cfg, own)
+    tx = alternating([("cvae", cvae_tx), ("net", net_tx)], steps_per_pass)
+    return tx, lambda step: net_schedule(step // 2)
+
+  return build
+
+
+# ------------------------------------------------------------------------------------------------
+# Data.
+
+
+@dataclasses.dataclass
+class Data:
+  train: Any
+  eval: Any
+  num_classes: int
+  spec: Any
+  description: str
+
+
+def load_data(dcfg: ml_collections.ConfigDict) -> Data:
+  """Train and eval sources of ``config.data``; ``synthetic_actions`` is prepared on first use."""
+  from kd_jax.data import builders  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+  data_dir = os.path.expanduser(dcfg.data_dir) if dcfg.data_dir else None
+  try:
+    if dcfg.name == "synthetic_actions" and dcfg.config == "custom":
+      s = dcfg.synthetic
+      builder = prepare.synthetic_builder(
+          num_classes=s.num_classes, train_clips=s.train_clips, test_clips=s.test_clips,
+          num_frames=s.num_frames, height=s.height, width=s.width, data_dir=data_dir)
+    else:
+      builder = builders.get_builder(f"{dcfg.name}/{dcfg.config}" if dcfg.config else dcfg.name,
+                                     data_dir=data_dir)
+    if dcfg.auto_prepare:
+      prepare.ensure_prepared(builder, workers=int(dcfg.prepare_workers))
+    elif not builder.is_prepared():
+      raise builders.DatasetError(
+          f"{builder.name}/{builder.builder_config.name} is not prepared in "
+          f"{builder.data_dir_root}; run: python -m kd_jax.data.prepare "
+          f"{builder.name}/{builder.builder_config.name} --data_dir {builder.data_dir_root}"
+          + (" --manual_dir DIR (see docs/data.md)" if dcfg.name != "synthetic_actions" else ""))
+    train_src = builder.as_data_source(split=dcfg.train_split)
+    eval_src = builder.as_data_source(split=dcfg.eval_split)
+  except builders.DatasetError as e:
+    raise UserError(str(e)) from None
+  except (KeyError, ValueError) as e:
+    if "split" in str(e).lower():
+      raise UserError(f"{dcfg.name}: {e}; set config.data.train_split / eval_split") from None
+    raise
+  flip = {"auto": None, "on": True, "off": False}.get(dcfg.flip, "bad")
+  if flip == "bad":
+    raise UserError(f"config.data.flip must be auto, on or off, got {dcfg.flip!r}")
+  spec = pipeline.make_spec("rgb_clip", clip_len=dcfg.clip_len, crop_size=dcfg.crop_size,
+                            resize_size=dcfg.resize_size or None, flip=flip)
+  names = builder.info.features["label"].names
+  desc = (f"{builder.name}/{builder.builder_config.name}: {len(train_src)} train / "
+          f"{len(eval_src)} eval videos, {len(names)} classes")
+  return Data(train_src, eval_src, len(names), spec, desc)
+
+
+class _EvalBatches:
+  """Evaluation batches; decoded once and kept in memory when ``cache`` (small eval sets)."""
+
+  def __init__(self, data: Data, dcfg: ml_collections.ConfigDict):
+    self.data, self.dcfg = data, dcfg
+    self._cache: dict[int, list[dict[str, np.ndarray]]] = {}
+
+  def __call__(self, per_host: int):
+    from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    make = lambda: pipeline.make_eval(self.data.eval, self.data.spec, batch_size=per_host,
+                                      num_workers=self.dcfg.num_workers)
+    if not self.dcfg.cache_eval:
+      return make()
+    if per_host not in self._cache:
+      self._cache[per_host] = list(make())
+    return self._cache[per_host]
+
+
+# ------------------------------------------------------------------------------------------------
+# Stages.
+
+
+def loss_config(config: ml_collections.ConfigDict, *, teacher: bool) -> LossConfig:
+  lcfg = config.loss
+  block = config.teacher if teacher else config.student
+  ramp = block.rec_ramp
+  return LossConfig(
+      cls_loss=lcfg.cls_loss, renorm_scope=lcfg.renorm_scope,
+      eval_renorm_scope=lcfg.eval_renorm_scope, kl_weight=lcfg.kl_weight, rec_ramp=ramp,
+      rec_max_weight=lcfg.rec_max_weight,
+      rec_ramp_epochs=lcfg.rec_ramp_epochs if ramp == "official" else int(block.epochs),
+      rec_detach_target=lcfg.rec_detach_target, gd_variant=lcfg.gd_variant,
+      gd_weight=lcfg.gd_weight, ad_weight=lcfg.ad_weight)
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  lcfg = config.loss
+  checks = [
+      (lcfg.cls_loss in CLS_LOSSES, f"config.loss.cls_loss must be one of {CLS_LOSSES}"),
+      (lcfg.renorm_scope in RENORM_SCOPES,
+       f"config.loss.renorm_scope must be one of {RENORM_SCOPES}"),
+      (lcfg.eval_renorm_scope in RENORM_SCOPES,
+       f"config.loss.eval_renorm_scope must be one of {RENORM_SCOPES}"),
+      (lcfg.gd_variant in GD_VARIANTS, f"config.loss.gd_variant must be one of {GD_VARIANTS}"),
+      (config.teacher.rec_ramp in RAMPS and config.student.rec_ramp in RAMPS,
+       f"config.teacher/student.rec_ramp must be one of {RAMPS}"),
+      (min(lcfg.kl_weight, lcfg.gd_weight, lcfg.ad_weight, lcfg.rec_max_weight) >= 0,
+       "config.loss weights must be >= 0"),
+      (lcfg.rec_ramp_epochs >= 1, "config.loss.rec_ramp_epochs must be >= 1"),
+      (config.teacher.epochs >= 1 and config.student.epochs >= 1,
+       "config.teacher.epochs and config.student.epochs must be >= 1"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise UserError(message)
+
+
+@dataclasses.dataclass
+class Setup:
+  config: ml_collections.ConfigDict
+  data: Data
+  clip_shape: tuple[int, ...]
+  teacher: Networks
+  student: Networks
+  eval_batches: _EvalBatches
+
+
+def _stage(setup: Setup, name: str, nets: Networks, block: ml_collections.ConfigDict,
+           lc: LossConfig, init_fn, teacher: Networks | None = None, frozen: Any = None
+           ) -> tuple[train.Stage, int]:
+  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  cfg = setup.config
+  batch = int(block.batch_size)
+  steps_per_pass = len(setup.data.train) // batch
+  if steps_per_pass < 1:
+    raise UserError(f"config.{'teacher' if teacher is None else 'student'}.batch_size={batch} "
+                    f"exceeds the {len(setup.data.train)} training videos")
+  num_steps = 2 * int(block.epochs) * steps_per_pass
+  data = setup.data
+
+  def train_data(per_host: int):
+    return iter(pipeline.make_train(data.train, data.spec, batch_size=per_host, seed=cfg.seed,
+                                    num_workers=cfg.data.num_workers,
+                                    read_threads=cfg.data.read_threads))
+
+  eval_every = 2 * steps_per_pass * max(1, int(block.eval_every_epochs))
+  stage = train.Stage(
+      name=name, init_fn=init_fn, loss_fn=make_loss_fn(nets, lc, steps_per_pass, teacher),
+      optimizer=make_optimizer(block.optimizer, block.cvae_optimizer, steps_per_pass),
+      num_steps=num_steps, global_batch_size=batch, train_data=train_data, frozen=frozen,
+      eval_fn=make_eval_fn(nets, lc), eval_data=setup.eval_batches,
+      eval_every=eval_every if eval_every < num_steps else 0)
+  return stage, steps_per_pass
+
+
+def _load_teacher_checkpoint(tcfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  if not tcfg.checkpoint:
+    return None
+  from kd_jax.models import convert  # pylint: disable=g-import-not-at-top
+  try:
+    converted = convert.load_converted(os.path.expanduser(tcfg.checkpoint))
+  except (FileNotFoundError, ValueError) as e:
+    raise UserError(f"config.teacher.checkpoint: {e}") from None
+  if converted.model_name != tcfg.model:
+    raise UserError(f"config.teacher.checkpoint holds a {converted.model_name}, config.teacher."
+                    f"model is {tcfg.model}; convert rgb_imagenet.pt with --model {tcfg.model}")
+  return jax.tree.map(np.asarray, dict(converted.variables))
+
+
+def make_setup(config: ml_collections.ConfigDict, data: Data) -> Setup:
+  dcfg = config.data
+  clip_shape = (int(dcfg.clip_len), int(dcfg.crop_size), int(dcfg.crop_size), 3)
+  att = _kwargs(config.attention.kwargs)
+  teacher = build_networks(config.teacher.model, _kwargs(config.teacher.kwargs), att,
+                           data.num_classes, config.attention.tap)
+  student = build_networks(config.student.model, _kwargs(config.student.kwargs), att,
+                           data.num_classes, config.attention.tap)
+  ts, ss = feature_shape(teacher, clip_shape), feature_shape(student, clip_shape)
+  if ts != ss:
+    raise UserError(f"teacher {config.attention.tap} {ts} and student {ss} differ; GenKD "
+                    "distils without an adapter, so give both networks the same width")
+  return Setup(config, data, clip_shape, teacher, student, _EvalBatches(data, dcfg))
+
+
+def teacher_stage(setup: Setup) -> tuple[train.Stage, int]:
+  """Phase 1: the teacher network, attention head and CVAE."""
+  pretrained = _load_teacher_checkpoint(setup.config.teacher)
+  nets = setup.teacher
+
+  def init_fn(key):
+    return init_variables(nets, jax.random.fold_in(key, 1), setup.clip_shape, pretrained)
+
+  return _stage(setup, "teacher", nets, setup.config.teacher,
+                loss_config(setup.config, teacher=True), init_fn)
+
+
+def student_stage(setup: Setup, name: str, teacher_vars: Mapping[str, Any], *, use_gd: bool,
+                  use_ad: bool) -> tuple[train.Stage, int]:
+  """Phase 2 (or the baseline with both switches off); every student starts from one init."""
+  nets = setup.student
+
+  def init_fn(key):
+    return init_variables(nets, jax.random.fold_in(key, 2), setup.clip_shape)
+
+  frozen = {"teacher": teacher_vars, "use_gd": np.float32(use_gd), "use_ad": np.float32(use_ad)}
+  return _stage(setup, name, nets, setup.config.student, loss_config(setup.config, teacher=False),
+                init_fn, teacher=setup.teacher, frozen=frozen)
+
+
+def teacher_variables(state: train.TrainState) -> dict[str, Any]:
+  """The frozen teacher of phase 2 from the phase-1 train state."""
+  p = state.params
+  return {"backbone": {"params": p["net"]["backbone"],
+                       "batch_stats": state.model_state["batch_stats"]},
+          "attention_head": p["net"]["attention_head"], "cvae": p["cvae"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# The exported student.
+
+
+def save_student(path: epath.Path, state: train.TrainState, meta: Mapping[str, Any]) -> None:
+  """Writes ``student.ckpt``: backbone, attention head, classifier and BN statistics; no CVAE."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  variables = {"params": dict(state.params["net"]),
+               "batch_stats": state.model_state["batch_stats"]}
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(os.path.abspath(os.fspath(path)),
+               ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                  meta=ocp.args.JsonSave(dict(meta))), force=True)
+
+
+def load_student(path: str) -> tuple[Networks, dict[str, Any], dict[str, Any]]:
+  """``(networks, variables, meta)`` of a ``student.ckpt``; classify with :func:`predict`::
+
+    nets, v, meta = genkd.load_student("runs/genkd_quickstart/student.ckpt")
+    scores, attention = genkd.predict(nets, v["params"], v["batch_stats"], clips,
+                                      cls_loss=meta["cls_loss"])
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(os.path.expanduser(path))
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    meta = ckptr.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    variables = ckptr.restore(
+        path, ocp.args.Composite(variables=ocp.args.StandardRestore())).variables
+  nets = build_networks(meta["model"], meta["model_kwargs"], meta["attention_kwargs"],
+                        meta["num_classes"], meta["tap"])
+  return nets, dict(variables), dict(meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# Report.
+
+
+def _read_metrics(workdir: epath.Path) -> list[dict[str, Any]]:
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  out = []
+  for line in path.read_text().splitlines():
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return out
+
+
+def epoch_summary(lines: Sequence[Mapping[str, Any]], stage: str, steps_per_pass: int
+                  ) -> dict[str, Any]:
+  """Per-epoch eval accuracy and training terms of one stage from ``metrics.jsonl`` lines."""
+  evals, terms = {}, {}
+  for e in lines:
+    if e.get("stage") == stage + "/eval" and "top1" in e:
+      epoch = int(e["step"]) // (2 * steps_per_pass)
+      evals[epoch] = {"top1": e["top1"], "top5": e.get("top5", float("nan"))}
+    elif e.get("stage") == stage and "pass" in e:
+      epoch, key = int(e["epoch"]), ("A" if e["pass"] < 0.5 else "B")
+      bucket = terms.setdefault(epoch, {}).setdefault(key, {})
+      for k in (("cvae", "gd") if key == "A" else ("cls", "rec", "ad")):
+        bucket.setdefault(k, []).append(e[k])
+  curves = {ep: {p: {k: float(np.mean(v)) for k, v in d.items()} for p, d in by.items()}
+            for ep, by in sorted(terms.items())}
+  best = max(evals.items(), key=lambda kv: kv[1]["top1"]) if evals else None
+  return {"eval": dict(sorted(evals.items())), "terms": curves,
+          "best_epoch": best[0] if best else None,
+          "best_top1": best[1]["top1"] if best else None}
+
+
+def plot_curves(summaries: Mapping[str, Mapping[str, Any]], path: str) -> None:
+  """``curves.png``: eval top-1 per epoch, and the training terms of each pass."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for name, s in summaries.items():
+    if s["eval"]:
+      ep = list(s["eval"])
+      axes[0].plot(ep, [s["eval"][e]["top1"] for e in ep], marker="o", label=name)
+    ep = [e for e in s["terms"] if "B" in s["terms"][e]]
+    if ep:
+      axes[1].plot(ep, [s["terms"][e]["B"]["cls"] for e in ep], marker=".", label=f"{name} cls")
+      if any(s["terms"][e]["B"].get("ad", 0) for e in ep):
+        axes[1].plot(ep, [s["terms"][e]["B"]["ad"] for e in ep], ls=":", marker=".", label=f"{name} AD")
+      axes[2].plot(ep, [s["terms"][e]["B"]["rec"] for e in ep], marker=".", label=f"{name} L_rec (B)")
+    ep = [e for e in s["terms"] if "A" in s["terms"][e]]
+    if ep:
+      axes[2].plot(ep, [s["terms"][e]["A"]["cvae"] for e in ep], ls="--",
+                   marker=".", label=f"{name} L_CVAE (A)")
+  axes[0].set(title="evaluation top-1", xlabel="epoch")
+  axes[1].set(title="pass B: classification (and AD)", xlabel="epoch", yscale="log")
+  axes[2].set(title="reconstruction terms", xlabel="epoch", yscale="log")
+  for ax in axes:
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _fmt(x: float | None) -> str:
+  return "-" if x is None else f"{100 * x:.1f}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+
+
+def _set_compilation_cache(path: str) -> None:
+  """The persistent XLA cache: the two student stages (and reruns) compile once."""
+  if not path:
+    return
+  try:
+    if not jax.config.jax_compilation_cache_dir:
+      jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  except AttributeError:
+    logging.warning("No persistent compilation cache in this JAX; continuing without one.")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Phase 1, the baseline student, phase 2; writes results.json, report.md, student.ckpt."""
+  t_start = time.monotonic()
+  _check_config(config)
+  _set_compilation_cache(config.get("compilation_cache_dir", ""))
+  data = load_data(config.data)
+  setup = make_setup(config, data)
+  runner = train.Runner(config, workdir)
+  timings, results, spp = {}, {}, {}
+
+  t0 = time.monotonic()
+  stage, spp["teacher"] = teacher_stage(setup)
+  results["teacher"] = runner.run(stage)
+  timings["teacher"] = time.monotonic() - t0
+  teacher_vars = teacher_variables(results["teacher"].state)
+
+  runs = [("student_baseline", False, False)] if config.run_baseline else []
+  runs.append(("student_genkd", bool(config.loss.use_gd), bool(config.loss.use_ad)))
+  for name, use_gd, use_ad in runs:
+    t0 = time.monotonic()
+    stage, spp[name] = student_stage(setup, name, teacher_vars, use_gd=use_gd, use_ad=use_ad)
+    results[name] = runner.run(stage)
+    timings[name] = time.monotonic() - t0
+
+  ckpt_path = runner.workdir / "student.ckpt"
+  meta = {"model": config.student.model, "model_kwargs": _kwargs(config.student.kwargs),
+          "attention_kwargs": _kwargs(config.attention.kwargs), "tap": config.attention.tap,
+          "num_classes": data.num_classes, "cls_loss": config.loss.cls_loss,
+          "eval_renorm_scope": config.loss.eval_renorm_scope,
+          "source": "GenKD student (kd_jax), CVAE dropped"}
+  if not ckpt_path.exists():
+    save_student(ckpt_path, results["student_genkd"].state, meta)
+
+  lines = _read_metrics(runner.workdir)
+  summaries = {name: epoch_summary(lines, name, spp[name]) for name in results}
+  rows = {}
+  for name, r in results.items():
+    m, s = r.metrics, summaries[name]
+    rows[name] = {"top1": m.get("top1"), "top5": m.get("top5"), "best_top1": s["best_top1"],
+                  "best_epoch": s["best_epoch"],
+                  "epochs": int((config.teacher if name == "teacher" else config.student).epochs)}
+  base = rows.get("student_baseline")
+  gain = None
+  if base is not None:
+    gain = {k: rows["student_genkd"][k] - base[k] for k in ("top1", "top5", "best_top1")
+            if rows["student_genkd"][k] is not None and base[k] is not None}
+  timings["total"] = time.monotonic() - t_start
+  plot = "curves.png"
+  if jax.process_index() == 0:
+    plot_curves(summaries, os.fspath(runner.workdir / plot))
+  extra = {"genkd": rows, "gain": gain, "curves": summaries, "data": data.description,
+           "seconds": timings, "student_checkpoint": os.fspath(ckpt_path)}
+  out = runner.write_results(extra)
+
+  labels = {"teacher": f"teacher ({config.teacher.model}, phase 1)",
+            "student_baseline": f"student ({config.student.model}), no distillation",
+            "student_genkd": f"student ({config.student.model}), GenKD "
+                             f"(GD {'on' if config.loss.use_gd else 'off'}, "
+                             f"AD {'on' if config.loss.use_ad else 'off'})"}
+  table = ["| model | top-1 (last) | top-5 (last) | best top-1 (epoch) | epochs |",
+           "|---|---|---|---|---|"]
+  for name, r in rows.items():
+    table.append(f"| {labels[name]} | {_fmt(r['top1'])} | {_fmt(r['top5'])} | "
+                 f"{_fmt(r['best_top1'])} ({r['best_epoch']}) | {r['epochs']} |")
+  if gain:
+    table.append(f"| gain of GenKD over the baseline | {100 * gain['top1']:+.1f} | "
+                 f"{100 * gain['top5']:+.1f} | {100 * gain['best_top1']:+.1f} | |")
+  table = "\n".join(table)
+  lc = config.loss
+  report = [
+      "# GenKD: generative model-based feature distillation", "",
+      f"Data: {data.description}; clips {config.data.clip_len}x{config.data.crop_size}^2. "
+      f"Evaluation: one centre clip per video, attention path, {lc.eval_renorm_scope} "
+      f"renormalisation, score = {lc.cls_loss}.", "",
+      table, "",
+      f"![training curves]({plot})", "",
+      "## Settings", "",
+      f"- classification loss `{lc.cls_loss}`, renormalisation `{lc.renorm_scope}` in training",
+      f"- L_rec ramp `{config.student.rec_ramp}` (max {lc.rec_max_weight}, "
+      f"{lc.rec_ramp_epochs} epochs), KL weight {lc.kl_weight}, target detached: "
+      f"{lc.rec_detach_target}",
+      f"- generative distillation `{lc.gd_variant}` x {lc.gd_weight}, attention distillation "
+      f"x {lc.ad_weight}",
+      "- teacher from " + (f"`{config.teacher.checkpoint}`" if config.teacher.checkpoint
+                           else "scratch"),
+      f"- exported student (backbone, attention head, classifier; no CVAE): `{ckpt_path}`", "",
+      f"Wall time: {timings['total']:.0f} s (" + ", ".join(
+          f"{k} {v:.0f} s" for k, v in timings.items() if k != "total") + ")", "",
+  ]
+  if jax.process_index() == 0:
+    (runner.workdir / "report.md").write_text("\n".join(report))
+    print("\n".join([f"GenKD ({data.description}), evaluation accuracy (%):", table,
+                     f"report: {runner.workdir / 'report.md'}",
+                     f"results: {runner.workdir / 'results.json'}"]), flush=True)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Config.
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The official recognition settings (genkd.md 6) on UCF-101 split 1; configs start here."""
+  config = train.engine_config(log_every=50, checkpoint_every=1000, max_to_keep=2)
+  config.method = "genkd"
+  config.seed = 2020
+  config.run_baseline = True
+  config.compilation_cache_dir = "~/.cache/kd_jax/xla"
+  config.data = ml_collections.ConfigDict(dict(
+      name="ucf101", config="split1", data_dir="~/tensorflow_datasets", auto_prepare=False,
+      prepare_workers=2, train_split="train", eval_split="test", clip_len=64, crop_size=224,
+      resize_size=0, flip="auto", num_workers=8, read_threads=2, cache_eval=False))
+  config.data.synthetic = ml_collections.ConfigDict(dict(
+      num_classes=12, train_clips=24, test_clips=12, num_frames=24, height=48, width=64))
+
+  def net_block(model: str, epochs: int) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        model=model, kwargs=ml_collections.ConfigDict(), epochs=epochs, batch_size=6,
+        eval_every_epochs=5, rec_ramp="official",
+        # PyTorch SGD(lr 1e-3, momentum 0.9, weight_decay 5e-4): coupled L2 on every parameter.
+        optimizer=train.optimizer_config(name="sgd", learning_rate=1e-3, momentum=0.9,
+                                         weight_decay=5e-4),
+        cvae_optimizer=train.optimizer_config(name="adam", learning_rate=1e-4, b1=0.8,
+                                              b2=0.999, eps=1e-8)))
+
+  config.teacher = net_block("i3d", 40)
+  config.teacher.checkpoint = ""
+  config.student = net_block("top_i3d", 200)
+  config.attention = ml_collections.ConfigDict(dict(tap="Mixed_5c",
+                                                    kwargs=ml_collections.ConfigDict()))
+  config.loss = ml_collections.ConfigDict(dict(
+      cls_loss="double_softmax", renorm_scope="global", eval_renorm_scope="per_sample",
+      kl_weight=0.1, rec_max_weight=0.5, rec_ramp_epochs=20, rec_detach_target=False,
+      gd_variant="v8", gd_weight=0.01, ad_weight=0.1, use_gd=True, use_ad=True))
+  return config
