@@ -4,10 +4,8 @@ Arrays in, per-example values out (shape ``[B]``, or the logits' shape without t
 unless a docstring says otherwise; computed in at least float32 whatever the input dtype; jit-,
 vmap- and grad-safe. The teacher side is wrapped in ``jax.lax.stop_gradient`` by the loss itself.
 Hyper-parameters are validated with a ``ValueError``. This package imports nothing else of kd_jax,
-so other JAX projects can use it alone::
-
-  from kd_jax import losses
-  loss = losses.hinton_kd_loss(student_logits, teacher_logits, temperature=4.0).mean()
+so other JAX projects can use it alone, e.g. inside their own jitted step:
+``kd_jax.losses.hinton_kd_loss(student_logits, teacher_logits, temperature=4.0).mean()``.
 """
 
 from .distributions import distribution_divergence
