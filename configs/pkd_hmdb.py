@@ -30,17 +30,5 @@ from kd_jax.methods import pkd
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: '' | 'split=N' | 'smoke' (a few real steps of every stage, for checking a set-up)."""
-  options = dict(a.split("=", 1) if "=" in a else (a, "1") for a in (arg or "").split(",") if a)
-  unknown = set(options) - {"split", "smoke"}
-  if unknown:
-    raise ValueError(f"configs/pkd_hmdb.py has no option {sorted(unknown)}; use split=N or smoke")
-  config = pkd.default_config()
-  config.data.dataset = "hmdb51"
-  config.data.split = int(options.get("split", 1))
-  if config.data.split not in (1, 2, 3):
-    raise ValueError(f"HMDB-51 has splits 1, 2 and 3, got {config.data.split}")
-  config.wise.settings = ((3, 5, 3), (5, 5, 3), (1, 1, 1), (1, 2, 2))  # spec 5.4
-  if "smoke" in options:
-    pkd.smoke_overrides(config)
-  return config
-
+  return pkd.paper_config(arg, dataset="hmdb51", display_name="HMDB-51", config_file="configs/pkd_hmdb.py",
+                          wise_settings=((3, 5, 3), (5, 5, 3), (1, 1, 1), (1, 2, 2)))  # spec 5.4

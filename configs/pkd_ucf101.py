@@ -30,17 +30,6 @@ from kd_jax.methods import pkd
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: '' | 'split=N' | 'smoke' (a few real steps of every stage, for checking a set-up)."""
-  options = dict(a.split("=", 1) if "=" in a else (a, "1") for a in (arg or "").split(",") if a)
-  unknown = set(options) - {"split", "smoke"}
-  if unknown:
-    raise ValueError(f"configs/pkd_ucf101.py has no option {sorted(unknown)}; use split=N or smoke")
-  config = pkd.default_config()
-  config.data.dataset = "ucf101"
-  config.data.split = int(options.get("split", 1))
-  if config.data.split not in (1, 2, 3):
-    raise ValueError(f"UCF-101 has splits 1, 2 and 3, got {config.data.split}")
-  config.wise.settings = ((3, 5, 3), (3, 3, 3), (1, 1, 1), (1, 2, 1), (1, 2, 2))  # spec 5.4
-  if "smoke" in options:
-    pkd.smoke_overrides(config)
-  return config
-
+  return pkd.paper_config(arg, dataset="ucf101", display_name="UCF-101",
+                          config_file="configs/pkd_ucf101.py",
+                          wise_settings=((3, 5, 3), (3, 3, 3), (1, 1, 1), (1, 2, 1), (1, 2, 2)))  # spec 5.4

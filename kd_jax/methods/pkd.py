@@ -1032,6 +1032,24 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def paper_config(arg: str | None, *, dataset: str, display_name: str, config_file: str,
+                 wise_settings: tuple[tuple[int, int, int], ...]) -> ml_collections.ConfigDict:
+  """A paper config for ``dataset``; ``arg`` is '' | 'split=N' | 'smoke' (comma-separated)."""
+  options = dict(a.split("=", 1) if "=" in a else (a, "1") for a in (arg or "").split(",") if a)
+  unknown = set(options) - {"split", "smoke"}
+  if unknown:
+    raise ValueError(f"{config_file} has no option {sorted(unknown)}; use split=N or smoke")
+  config = default_config()
+  config.data.dataset = dataset
+  config.data.split = int(options.get("split", 1))
+  if config.data.split not in (1, 2, 3):
+    raise ValueError(f"{display_name} has splits 1, 2 and 3, got {config.data.split}")
+  config.wise.settings = wise_settings
+  if "smoke" in options:
+    smoke_overrides(config)
+  return config
+
+
 def smoke_overrides(config: ml_collections.ConfigDict) -> None:
   """A few real steps of every stage of a paper config, full-size networks at 112x112 crops.
 
