@@ -8,7 +8,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import av
 import numpy as np
@@ -22,8 +21,6 @@ from kd_jax.data.builders import common
 
 N_FRAMES = 10
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Shared with test_spectral's smoke run (same shapes): the second run reuses its compilations.
-XLA_CACHE = os.path.join(tempfile.gettempdir(), "kd_jax_test_xla")
 
 
 def _frames(seed, n=N_FRAMES, h=48, w=64):
@@ -276,19 +273,26 @@ def test_kinetics400_missing_manual_dir_or_columns(tmp_path, k400_dir, capsys):
 # -- a full config's smoke variant on a prepared dataset -----------------------------------------
 
 
-def test_spectral_ssv2_config_runs_on_prepared_data(tmp_path, ssv2_dir, capsys):
+# Jester and Kinetics fakes both have 3 classes: their runs share compiled programs (XLA cache).
+@pytest.mark.parametrize("name, config, manual, counts", [
+    ("something_something_v2", "spectral_ssv2", "ssv2_dir", "4 train / 2 eval videos, 4 classes"),
+    ("jester", "spectral_jester", "jester_dir", "2 train / 3 eval videos, 3 classes"),
+    ("kinetics400", "spectral_kinetics", "k400_dir", "3 train / 2 eval videos, 3 classes"),
+])
+def test_spectral_paper_config_runs_on_prepared_data(tmp_path, capsys, request, name, config,
+                                                     manual, counts):
   data_dir = tmp_path / "data"
-  code, _, err = _prepare(capsys, "something_something_v2", "--manual_dir", str(ssv2_dir),
+  code, _, err = _prepare(capsys, name, "--manual_dir", str(request.getfixturevalue(manual)),
                           "--data_dir", str(data_dir))
   assert code == 0, err
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "kd_jax.main", "--config", "configs/spectral_ssv2.py:smoke",
-       "--workdir", str(tmp_path / "wd"), f"--config.data.data_dir={data_dir}",
-       f"--config.compilation_cache_dir={XLA_CACHE}"],
+      [sys.executable, "-m", "kd_jax.main", "--config", f"configs/{config}.py:smoke",
+       "--workdir", str(tmp_path / "wd"), f"--config.data.data_dir={data_dir}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "wd" / "results.json").read_text())
   assert set(results["stages"]) == {"teacher", "student_ce", "student_all"}
-  assert results["stages"]["student_all"]["num_examples"] == 2  # the validation videos
-  assert "something_something_v2/default: 4 train / 2 eval videos, 4 classes" in proc.stdout
+  assert f"{name}/default: {counts}" in proc.stdout, proc.stdout[-2000:]
+  evaluated = int(counts.split(" / ")[1].split()[0])
+  assert results["stages"]["student_all"]["num_examples"] == evaluated

@@ -538,15 +538,3 @@ def test_local_joins_real_jax_distributed_processes(tmp_path):
   for i in range(2):
     log = (tmp_path / "logs" / f"process{i}.log").read_text()
     assert f"process {i} of 2: 2 local / 4 global, sum 3" in log, log
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("KD_JAX_LAUNCH_E2E") != "1",
-                    reason="two real kd_jax runs take minutes on CPU; set KD_JAX_LAUNCH_E2E=1")
-def test_local_runs_the_smoke_config_on_two_processes(tmp_path):
-  result = _run([LAUNCH / "local.sh", "--python", sys.executable, "--log-dir", tmp_path / "logs",
-                 "2", "configs/smoke.py", "--workdir", tmp_path / "wd"], timeout=900)
-  assert result.returncode == 0, result.stderr
-  log = (tmp_path / "logs" / "process0.log").read_text()
-  assert "process 0 of 2, 2 local / 4 global devices (cpu)" in log
-  assert (tmp_path / "wd" / "results.json").exists()

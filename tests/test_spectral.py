@@ -7,7 +7,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import flax.linen as nn
 import jax
@@ -23,9 +22,6 @@ from kd_jax.errors import UserError
 from kd_jax.methods import spectral
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# A persistent XLA cache shared by the CLI runs (and test_builders_spectral's): reruns and runs of
-# the same shapes compile nothing.
-XLA_CACHE = os.path.join(tempfile.gettempdir(), "kd_jax_test_xla")
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
@@ -395,8 +391,7 @@ def _run(*args, env_extra=None, timeout=900):
 
 def test_smoke_config_end_to_end_and_resume(tmp_path):
   args = ["--config", "configs/spectral_quickstart.py:smoke", "--workdir", str(tmp_path / "wd"),
-          f"--config.data.data_dir={tmp_path / 'tfds'}",
-          f"--config.compilation_cache_dir={XLA_CACHE}"]
+          f"--config.data.data_dir={tmp_path / 'tfds'}"]
   proc = _run(*args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   wd = tmp_path / "wd"
@@ -445,6 +440,5 @@ def test_full_configs_build_and_ask_for_their_data(tmp_path, name):
   assert config.data.num_segments == 8 and config.student.optimizer.grad_clip_norm == 20.0
   assert module.get_config("r18").student.model == "tsm_resnet18"
   config.data.data_dir = str(tmp_path)
-  config.compilation_cache_dir = ""
   with pytest.raises(UserError, match=r"is not prepared in .*python -m kd_jax.data.prepare"):
     spectral.run(config, str(tmp_path / "wd"))

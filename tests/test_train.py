@@ -336,19 +336,19 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, reference_run):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path, reference_run):
+def test_launch_local_two_processes_match_one(tmp_path, reference_run):
+  """``launch/local.sh 2``: two processes of 4 CPU devices joined by jax.distributed."""
   workdir = tmp_path / "two"
-  port = str(20000 + random.randrange(20000))
-  procs = [
-      _start(workdir, _env(devices=4, KD_JAX_DISTRIBUTED="1",
-                           KD_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                           KD_JAX_NUM_PROCESSES="2", KD_JAX_PROCESS_ID=str(i)))
-      for i in range(2)
-  ]
-  for p in procs:
-    _finish(p)
+  proc = subprocess.run(
+      ["bash", str(REPO / "launch" / "local.sh"), "--devices", "4", "--python", sys.executable,
+       "--log-dir", str(tmp_path / "logs"), "2", *SMALL[1:], "--workdir", str(workdir)],
+      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  log = (tmp_path / "logs" / "process1.log").read_text()
+  assert "process 1 of 2, 4 local / 8 global devices (cpu)" in log, log[-3000:]
   ref = json.loads((reference_run / "results.json").read_text())
   got = json.loads((workdir / "results.json").read_text())
+  assert got["stages"].keys() == ref["stages"].keys()
   for stage, metrics in ref["stages"].items():
     for key, value in metrics.items():
       assert got["stages"][stage][key] == pytest.approx(value, rel=1e-4, abs=1e-4), (stage, key)

@@ -778,23 +778,10 @@ def _fmt(x: float | None) -> str:
 # The run.
 
 
-def _set_compilation_cache(path: str) -> None:
-  """The persistent XLA cache: the two student stages (and reruns) compile once."""
-  if not path:
-    return
-  try:
-    if not jax.config.jax_compilation_cache_dir:
-      jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  except AttributeError:
-    logging.warning("No persistent compilation cache in this JAX; continuing without one.")
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Phase 1, the baseline student, phase 2; writes results.json, report.md, student.ckpt."""
   t_start = time.monotonic()
   _check_config(config)
-  _set_compilation_cache(config.get("compilation_cache_dir", ""))
   data = load_data(config.data)
   setup = make_setup(config, data)
   runner = train.Runner(config, workdir)
@@ -897,7 +884,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.method = "genkd"
   config.seed = 2020
   config.run_baseline = True
-  config.compilation_cache_dir = "~/.cache/kd_jax/xla"
   config.data = ml_collections.ConfigDict(dict(
       name="ucf101", config="split1", data_dir="~/tensorflow_datasets", auto_prepare=False,
       prepare_workers=2, train_split="train", eval_split="test", clip_len=64, crop_size=224,

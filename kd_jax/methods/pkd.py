@@ -49,6 +49,7 @@ from kd_jax import models
 from kd_jax import train
 from kd_jax.errors import UserError
 from kd_jax.methods import _wise
+from kd_jax.train import compilation
 from kd_jax.train import mesh as mesh_lib
 
 NETWORKS = ("residual", "mv", "iframe")
@@ -717,7 +718,7 @@ def dump_logits(runner: train.Runner, config, data: Data, nets: dict[str, Networ
                                                train_ic=False, train_bb=False)
               out[f"{m}/{kind}"] = jnp.concatenate([ic_logits, final[:, None]], axis=1)
           return out
-        fn = jax.jit(forward, out_shardings=repl)
+        fn = compilation.jit(forward, out_shardings=repl)
         variables = jax.device_put({"backbones": backbones, "ics": ics}, repl)
       spec = data.spec(segments=s, sampling=config.data.logits_sampling)
       t0 = time.monotonic()

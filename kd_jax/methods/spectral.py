@@ -74,6 +74,7 @@ from kd_jax import models
 from kd_jax import train
 from kd_jax.errors import UserError
 from kd_jax.models import layers as model_layers
+from kd_jax.train import compilation
 
 TERMS = ("ce", "kd", "spec", "param")
 DISTILL_TERMS = TERMS[1:]
@@ -99,8 +100,6 @@ def base_config() -> ml_collections.ConfigDict:
   config = train.engine_config(log_every=50, checkpoint_every=500, max_to_keep=2)
   config.method = "spectral"
   config.seed = 0
-  # Persistent XLA cache: ablation stages share compiled steps, reruns compile nothing. '' = off.
-  config.compilation_cache_dir = "~/.cache/kd_jax/xla"
   # True: every non-mutual student stage runs one compiled step (the CE-only and param-only stages
   # then also run the teacher's forward pass, unused): fewer compilations, more compute.
   config.shared_step = False
@@ -988,7 +987,7 @@ def spectra(setup: Setup, teacher_vars, students: Mapping[str, Any], layer: str,
   adapter = setup.adapters.get(layer)
 
   # One compiled function for the teacher and every student (same shapes): one compilation.
-  @jax.jit
+  @compilation.jit
   def curves(params, state, t_vars, x):
     t_feat = teacher.apply(t_vars, x, train=False)[1][layer]
     feats = student.apply({"params": params["student"], **state["student"]}, x, train=False)[1]
@@ -1100,19 +1099,6 @@ def _write_report(workdir, text: str) -> None:
 # The run.
 
 
-def _set_compilation_cache(path: str) -> None:
-  """The persistent XLA cache: stages of one step shape (and reruns) compile once."""
-  if not path:
-    return
-  path = os.path.expanduser(path)
-  try:
-    if not jax.config.jax_compilation_cache_dir:
-      jax.config.update("jax_compilation_cache_dir", path)
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  except AttributeError:  # an older or newer JAX without these options: compile as usual
-    logging.warning("No persistent compilation cache in this JAX; continuing without one.")
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the teacher and every ablation entry's student; writes results.json and report.md."""
   t_start = time.monotonic()
@@ -1121,7 +1107,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   names = [e.stage_name for e in entries]
   if len(set(names)) != len(names):
     raise UserError(f"config.ablation names a stage twice: {list(config.ablation)}")
-  _set_compilation_cache(config.get("compilation_cache_dir", ""))
   data = load_data(config)
   setup = make_setup(config, data)
   runner = train.Runner(config, workdir)
@@ -1160,7 +1145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   baseline = next((e for e in entries if not e.terms), None)
   distilled = next((e for e in entries if "spec" in e.terms and len(e.terms) == 3),
                    next((e for e in entries if "spec" in e.terms), None))
-  init_params, init_state = jax.jit(init_fn)(jax.random.key(config.seed))
+  init_params, init_state = compilation.jit(init_fn, preset="fastest")(jax.random.key(config.seed))
   students = {"init": (init_params, init_state)}
   students.update({e.stage_name: (r.state.params, r.state.model_state)
                    for e, r in results.items()})
@@ -1269,7 +1254,7 @@ def _evaluate_teacher(setup: Setup, teacher_vars, eval_batches: _EvalBatches,
   """Top-1/top-5 of a loaded teacher on the evaluation split (process-local, once)."""
   from kd_jax.train import evaluation  # pylint: disable=g-import-not-at-top
   teacher = setup.teacher
-  fn = jax.jit(lambda v, x: teacher.apply(v, x, train=False)[0])
+  fn = compilation.jit(lambda v, x: teacher.apply(v, x, train=False)[0])
   v = _host(teacher_vars)
   sums = []
   for batch in eval_batches(setup.config.teacher.batch_size // max(1, jax.process_count())):

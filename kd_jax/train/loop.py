@@ -30,6 +30,7 @@ import numpy as np
 from kd_jax.errors import Preempted
 from kd_jax.errors import UserError
 from kd_jax.train import checkpoint as checkpoint_lib
+from kd_jax.train import compilation
 from kd_jax.train import evaluation
 from kd_jax.train import mesh as mesh_lib
 from kd_jax.train import metrics as metrics_lib
@@ -130,6 +131,7 @@ class Runner:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | epath.Path):
     self.config = config
     self.workdir = epath.Path(workdir)
+    compilation.configure(config.get("train", {}))
     self.mesh = mesh_lib.make_mesh(config.get("mesh", {}).get("num_devices", -1))
     self.writer = metrics_lib.MetricWriter(self.workdir)
     self.results: dict[str, dict[str, float]] = {}

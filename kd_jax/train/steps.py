@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import optax
 
+from kd_jax.train import compilation
 from kd_jax.train import evaluation
 from kd_jax.train import mesh as mesh_lib
 
@@ -116,8 +117,9 @@ def build_steps(
     return new, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
   steps = Steps(
-      init=jax.jit(init, out_shardings=state_sharding),
-      train=jax.jit(train, in_shardings=(state_sharding, repl, data),
+      # Initialisation runs once: on the CPU it compiles with the cheapest preset.
+      init=compilation.jit(init, preset="fastest", out_shardings=state_sharding),
+      train=compilation.jit(train, in_shardings=(state_sharding, repl, data),
                     out_shardings=(state_sharding, repl), donate_argnums=(0,)),
       eval=None,
       state_sharding=state_sharding,
@@ -138,5 +140,5 @@ def build_steps(
           sums.update({f"{key[len('logits/'):]}/{k}": v for k, v in extra.items() if k != "count"})
       return sums
 
-    steps.eval = jax.jit(evaluate, in_shardings=(state_sharding, repl, data), out_shardings=repl)
+    steps.eval = compilation.jit(evaluate, in_shardings=(state_sharding, repl, data), out_shardings=repl)
   return steps
