@@ -65,4 +65,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       block.epochs = 1
       block.batch_size = 4
     config.train.log_every = 1
+    # A few steps of 3D networks: compile time dominates, so LLVM at -O0 (CPU only).
+    config.train.cpu_compile = "fastest"
   return config

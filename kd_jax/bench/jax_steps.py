@@ -212,9 +212,10 @@ def _genkd(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
 
   def at_count(count: int):
     def set_count(state):
-      c = jnp.asarray(count, jnp.int32)
-      return state.replace(model_state=dict(state.model_state, count=c),
-                           opt_state=state.opt_state._replace(count=c))
+      # Two arrays: one buffer in two leaves of a donated state would be donated twice.
+      return state.replace(
+          model_state=dict(state.model_state, count=jnp.asarray(count, jnp.int32)),
+          opt_state=state.opt_state._replace(count=jnp.asarray(count, jnp.int32)))
     return set_count
 
   def pinned(count: int):

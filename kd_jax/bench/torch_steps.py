@@ -11,7 +11,8 @@ step                   what one call does
 =====================  =========================================================================
 pkd_backbone_r18/_r50  PKD stage 1 (`pkd.backbone_stage`): ResNet-18 (residual network, input
                        BatchNorm) / ResNet-50 (I-frame network) on `frames` TSN segments folded
-                       into the batch, segment-averaged logits, cross-entropy; SGD momentum 0.9.
+                       into the batch, segment-averaged logits, cross-entropy; SGD momentum 0.9
+                       (PKD itself fine-tunes with Adam; an elementwise update either way).
 pkd_ic_r18/_r50        PKD stage 2 (`pkd.ic_stage`, `_ic_forward`): the frozen backbone in eval
                        mode, IC1..IC3 on `layer1..3` in train mode, `progressive_kd_loss` (T = 1)
                        against the backbone's own final logits (the curriculum's last and longest
@@ -134,9 +135,10 @@ class _Runtime:
     self.compile_ = compile_
     self.generator = torch.Generator(device="cpu").manual_seed(0)
     if self.cuda:
+      # Process-wide settings, as any PyTorch training script makes them. TF32 matmuls match
+      # XLA's default for float32 on recent GPUs (cuDNN convs already use TF32 by default).
       torch.backends.cudnn.benchmark = True
-      torch.backends.cuda.matmul.allow_tf32 = True
-      torch.backends.cudnn.allow_tf32 = True
+      torch.set_float32_matmul_precision("high")
 
   def autocast(self) -> contextlib.AbstractContextManager:
     return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
