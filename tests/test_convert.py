@@ -10,7 +10,6 @@ Without torch those tests skip; the mapping tests run on numpy alone.
 import os
 import sys
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +17,8 @@ import pytest
 
 from kd_jax import models
 from kd_jax.models import convert
+
+from fake_checkpoints import torch_layout_state_dict
 
 TOL = 1e-4
 
@@ -167,7 +168,7 @@ def test_safetensors_file_converts_like_the_state_dict(tmp_path):
   model = models.get("resnet18", num_classes=5, tiny=True)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                                train=False))
-  sd = _torch_layout_state_dict(abstract, np.random.default_rng(0))
+  sd = torch_layout_state_dict(abstract, np.random.default_rng(0))
   path = os.path.join(tmp_path, "w.safetensors")
   st.save_file(sd, path)
   loaded = convert.load_state_dict(path)
@@ -180,21 +181,10 @@ def test_safetensors_file_converts_like_the_state_dict(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _torch_layout_state_dict(abstract, rng):
-  """Random PyTorch-layout arrays under the PyTorch names of a Flax variable tree."""
-  sd = {}
-  for path, leaf in flax.traverse_util.flatten_dict(abstract).items():
-    shape = tuple(leaf.shape)
-    if path[-1] == "kernel":  # [*k, in, out] -> [out, in, *k]
-      shape = (shape[-1], shape[-2]) + shape[:-2] if len(shape) > 2 else shape[::-1]
-    sd[convert.torch_key(path[0], path[1:])] = rng.normal(size=shape).astype(np.float32)
-  return sd
-
-
 def test_tsm_checkpoint_names():
   """TSM's checkpoints: `module.base_model.*`, shift wrappers `conv1.net`, classifier `new_fc`."""
   model = models.get("tsm_resnet50", tiny=True, num_classes=4)
-  sd = _torch_layout_state_dict(convert.abstract_variables(model, (1, 2, 32, 32, 3)),
+  sd = torch_layout_state_dict(convert.abstract_variables(model, (1, 2, 32, 32, 3)),
                                 np.random.default_rng(0))
   tsm_sd = {}
   for k, v in sd.items():
@@ -213,7 +203,7 @@ def test_i3d_checkpoint_names_cover_the_model(name):
   pytest.importorskip("kd_jax.models.i3d")
   model = models.get(name, tiny=True, num_classes=9)
   abstract = convert.abstract_variables(model, (1, 16, 64, 64, 3))
-  sd = _torch_layout_state_dict(abstract, np.random.default_rng(0))
+  sd = torch_layout_state_dict(abstract, np.random.default_rng(0))
   assert "Mixed_3b.b1a.conv3d.weight" in sd and "logits.conv3d.bias" in sd
   assert "Conv3d_1a_7x7.bn.running_mean" in sd
   wrapped = {f"backbone._model.{k}": v for k, v in sd.items()}

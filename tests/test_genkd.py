@@ -252,3 +252,37 @@ def test_smoke_config_runs_end_to_end_and_resumes(tmp_path):
   assert err.count("finished earlier") == len(genkd.STAGES)
   again = json.loads((workdir / "results.json").read_text())
   assert again["genkd"] == results["genkd"]
+
+
+def test_teacher_starts_from_a_converted_rgb_imagenet_checkpoint(tmp_path):
+  """pytorch-i3d's rgb_imagenet.pt (400 classes), converted: every backbone weight but the
+  classifier is the checkpoint's; a checkpoint of the other network is refused."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from fake_checkpoints import torch_layout_state_dict  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  from kd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from kd_jax.models import convert  # pylint: disable=g-import-not-at-top
+
+  clip = (16, 32, 32, 3)
+  sd = torch_layout_state_dict(
+      convert.abstract_variables(models.get("i3d", tiny=True, num_classes=400), (1, *clip)),
+      np.random.default_rng(0))
+  path = str(tmp_path / "i3d_rgb_imagenet")
+  convert.save_converted(path, convert.convert_state_dict(sd, "i3d", tiny=True))
+  tcfg = ml_collections.ConfigDict(dict(checkpoint=path, model="i3d"))
+  pretrained = genkd._load_teacher_checkpoint(tcfg)  # pylint: disable=protected-access
+  nets = genkd.build_networks("i3d", {"tiny": True}, {"tiny": True}, num_classes=4)
+  params, state = jax.jit(lambda k: genkd.init_variables(nets, k, clip, pretrained))(
+      jax.random.key(0))
+  backbone = params["net"]["backbone"]
+  np.testing.assert_array_equal(backbone["Conv3d_1a_7x7"]["conv3d"]["kernel"],
+                                np.transpose(sd["Conv3d_1a_7x7.conv3d.weight"], (2, 3, 4, 1, 0)))
+  np.testing.assert_array_equal(backbone["Mixed_5c"]["b3b"]["bn"]["bias"],
+                                sd["Mixed_5c.b3b.bn.bias"])
+  np.testing.assert_array_equal(state["batch_stats"]["Mixed_4d"]["b1a"]["bn"]["mean"],
+                                sd["Mixed_4d.b1a.bn.running_mean"])
+  assert backbone["logits"]["conv3d"]["kernel"].shape[-1] == 4  # new classifier, 4 classes
+
+  tcfg.model = "top_i3d"
+  with pytest.raises(UserError, match="holds a i3d.*--model top_i3d"):
+    genkd._load_teacher_checkpoint(tcfg)  # pylint: disable=protected-access
