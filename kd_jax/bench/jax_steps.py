@@ -33,7 +33,9 @@ from kd_jax.train import steps as steps_lib
 
 # GenKD's pass switches every `steps_per_pass` steps; this many keeps a timed run in one pass.
 _GENKD_STEPS_PER_PASS = 1_000_000
-_CPU_COUNT_ONLY = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+# CPU compiler settings for programs that run once or are only counted: several times faster to
+# compile (the engine's `fastest` CPU preset).
+_CPU_CHEAP = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 @dataclasses.dataclass
@@ -66,6 +68,11 @@ class BuiltStep:
   batch: dict[str, jax.Array]
   phases: list[Phase]
   params: dict[str, int]
+
+
+def _init_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``jax.jit`` for an initialiser: one program instead of hundreds of eager ops."""
+  return jax.jit(fn, compiler_options=_CPU_CHEAP if jax.default_backend() == "cpu" else None)
 
 
 def _count(tree: Any) -> int:
@@ -200,13 +207,15 @@ def _genkd(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
   loss_fn = genkd.make_loss_fn(student, lc, _GENKD_STEPS_PER_PASS, teacher)
   tx, schedule = genkd.make_optimizer(config.student.optimizer, config.student.cvae_optimizer,
                                       _GENKD_STEPS_PER_PASS)(4 * _GENKD_STEPS_PER_PASS)
-  t_params, t_state = genkd.init_variables(teacher, jax.random.key(1), clip)
+  t_params, t_state = _init_jit(lambda k: genkd.init_variables(teacher, k, clip))(
+      jax.random.key(1))
   t_vars = {"backbone": {"params": t_params["net"]["backbone"],
                          "batch_stats": t_state["batch_stats"]},
             "attention_head": t_params["net"]["attention_head"], "cvae": t_params["cvae"]}
   frozen = {"teacher": t_vars, "use_gd": np.float32(1), "use_ad": np.float32(1)}
   inputs = _inputs({"video": clip}, batch, dtype, 1)
 
+  @_init_jit
   def init_fn(key):
     return genkd.init_variables(student, jax.random.fold_in(key, 2), clip)
 
@@ -261,9 +270,10 @@ def _spectral(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
   opt = ml_collections.ConfigDict(config.student.optimizer.to_dict())
   opt.no_decay = tuple(opt.no_decay) + ("^log_vars",)  # as the method's student stages
   tx, schedule = optim.make_optimizer(opt, config.student.num_steps)
-  t_params, t_state = spectral._init_model(setup.teacher, jax.random.key(1), setup.example)  # pylint: disable=protected-access
+  t_params, t_state = _init_jit(lambda k: spectral._init_model(  # pylint: disable=protected-access
+      setup.teacher, k, setup.example))(jax.random.key(1))
   frozen = {"switch": spectral.switches(entry, config), "teacher": {"params": t_params, **t_state}}
-  init_fn = spectral._student_init_fn(setup, None)  # pylint: disable=protected-access
+  init_fn = _init_jit(spectral._student_init_fn(setup, None))  # pylint: disable=protected-access
   inputs = _inputs({"video": (size.frames, size.crop, size.crop, 3)}, batch, dtype, 1)
 
   def params(p, f):
@@ -331,11 +341,8 @@ def build(name: str, *, batch: int, dtype: str, size: sizes.StepSize, seed: int 
                    params=parts.params(host_state.params, parts.frozen))
 
 
-def pinned_step(built: BuiltStep, phase: Phase, *, fast_cpu: bool = True) -> Callable[..., Any]:
-  """A jitted ``(state, frozen, batch)`` step with ``phase``'s control values as constants.
-
-  ``fast_cpu``: on the CPU, compile with cheap LLVM settings (for counting; see below).
-  """
+def pinned_step(built: BuiltStep, phase: Phase) -> Callable[..., Any]:
+  """A jitted ``(state, frozen, batch)`` step with ``phase``'s control values as constants."""
   if phase.pin is None:
     return built.train
   # The engine's Python function, not its jit: a jit nested in another takes no compiler options.
@@ -345,11 +352,11 @@ def pinned_step(built: BuiltStep, phase: Phase, *, fast_cpu: bool = True) -> Cal
     state, batch = phase.pin(state, batch)
     return train(state, frozen, batch)
 
-  if jax.default_backend() != "cpu" or not fast_cpu:
+  if jax.default_backend() != "cpu":
     return jax.jit(step)
   # Compiled only for its cost analysis, which is taken on HLO and does not depend on these
   # (LLVM-level) settings; they make the CPU compile several times faster.
-  return jax.jit(step, compiler_options=_CPU_COUNT_ONLY)
+  return jax.jit(step, compiler_options=_CPU_CHEAP)
 
 
 def param_count(name: str, size: sizes.StepSize) -> dict[str, int]:

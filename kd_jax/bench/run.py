@@ -161,12 +161,8 @@ def env_worker(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _pinned_flops(jax_steps, built, phase, state) -> float | None:
   """FLOPs of one phase alone (see ``jax_steps.Phase``)."""
-  try:
-    fn = jax_steps.pinned_step(built, phase)
-    return flops_of(fn.lower(state, built.frozen, built.batch).compile().cost_analysis())
-  except Exception:  # pylint: disable=broad-except  # a JAX without the fast CPU options
-    fn = jax_steps.pinned_step(built, phase, fast_cpu=False)
-    return flops_of(fn.lower(state, built.frozen, built.batch).compile().cost_analysis())
+  fn = jax_steps.pinned_step(built, phase)
+  return flops_of(fn.lower(state, built.frozen, built.batch).compile().cost_analysis())
 
 
 def jax_worker(spec: Mapping[str, Any]) -> dict[str, Any]:
