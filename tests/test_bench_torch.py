@@ -3,14 +3,16 @@
 Parameter counts are compared with the kd_jax models traced by `jax.eval_shape` (nothing is
 compiled), at a small width and at full size. Each step runs once in float32 eager mode at a tiny
 size and must move its trainable parameters and leave the frozen ones alone; the bfloat16 autocast
-path runs once too. The losses written in PyTorch are checked against `kd_jax.losses` on small
-random arrays. `torch.compile` is not exercised here (minutes of compilation on a CPU).
+path runs once too. The optimisers' parameter groups (no weight decay, per-group rates) must hold
+the parameters kd_jax's optimizer rules pick, and the losses written in PyTorch must agree with
+`kd_jax.losses` on small random arrays. `torch.compile` is not exercised here (minutes of
+compilation per step on a CPU).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -23,22 +25,13 @@ from kd_jax import losses  # noqa: E402
 from kd_jax import models  # noqa: E402
 from kd_jax.bench import torch_models as tm  # noqa: E402
 from kd_jax.bench import torch_steps  # noqa: E402
+from kd_jax.bench.sizes import StepSize  # noqa: E402
 from kd_jax.methods import genkd  # noqa: E402
 from kd_jax.methods import pkd  # noqa: E402
 from kd_jax.models import layers  # noqa: E402
+from kd_jax.train import optim  # noqa: E402
 
 pytestmark = pytest.mark.torch
-
-try:
-  from kd_jax.bench.sizes import StepSize  # noqa: E402
-except ImportError:  # the other half of the benchmark is not there yet
-
-  @dataclasses.dataclass(frozen=True)
-  class StepSize:
-    frames: int
-    crop: int
-    num_classes: int
-    width: float = 1.0
 
 
 def tiny_size(name: str) -> StepSize:
@@ -167,6 +160,62 @@ def test_temporal_shift_matches_jax():
   got = tm.temporal_shift(torch.from_numpy(x), 3, 8).numpy()
   want = layers.temporal_shift(jnp.asarray(x.transpose(0, 2, 3, 1)), 3, 8)
   np.testing.assert_array_equal(got, np.asarray(want).transpose(0, 3, 1, 2))
+
+
+# -- optimiser groups ------------------------------------------------------------------------------
+
+
+def _expected_groups(leaves, cfg) -> dict[tuple[float, float], int]:
+  """Elements per (learning rate, weight decay) under a kd_jax optimizer config's regex rules."""
+  no_decay = [re.compile(r) for r in cfg.get("no_decay", ())]
+  rules = [(re.compile(r), float(m)) for r, m in cfg.get("lr_multipliers", ())]
+  out: dict[tuple[float, float], int] = {}
+  for path, leaf in leaves:
+    p = optim.path_str(path)
+    mult = next((m for r, m in rules if r.search(p)), 1.0)
+    wd = 0.0 if any(r.search(p) for r in no_decay) else float(cfg.get("weight_decay", 0.0))
+    key = (round(float(cfg["learning_rate"]) * mult, 12), wd)
+    out[key] = out.get(key, 0) + math.prod(leaf.shape)
+  return out
+
+
+def _torch_groups(opt) -> dict[tuple[float, float], int]:
+  out: dict[tuple[float, float], int] = {}
+  for g in opt.param_groups:
+    key = (round(g["lr"], 12), g["weight_decay"])
+    out[key] = out.get(key, 0) + sum(p.numel() for p in g["params"])
+  return out
+
+
+@pytest.mark.parametrize("name", ["pkd_backbone_r18", "pkd_backbone_r50", "spectral_r18_r50"])
+def test_optimizer_groups_follow_the_jax_rules(name):
+  # The PyTorch parameter names are translated to kd_jax paths for the configs' regexes (no decay
+  # on biases / norm scales, per-group rates); the groups must hold the same parameters.
+  size = tiny_size(name)
+  x = _sds(1, size.frames, size.crop, size.crop, 3)
+  rw = tm.resnet_width(size.width)
+  if name.startswith("pkd"):
+    config = pkd.default_config()
+    net_name = "iframe" if name.endswith("r50") else "residual"
+    cfg = config.networks[net_name]
+    opt_cfg = dict(learning_rate=cfg.lr, weight_decay=config.backbone.weight_decay,
+                   no_decay=config.backbone.no_decay, lr_multipliers=cfg.lr_groups)
+    net = models.get(cfg.model, num_classes=size.num_classes, width=rw, **pkd.INPUT[net_name])
+    params = _init_shapes(net, x, train=False)["params"]
+  else:
+    from kd_jax.methods import spectral  # pylint: disable=g-import-not-at-top
+    config = spectral.tsm_recipe(spectral.base_config(), num_train=1000, epochs=50, batch=64,
+                                 lr=0.01, weight_decay=5e-4)
+    opt_cfg = spectral._optimizer(config.student.optimizer)  # pylint: disable=protected-access
+    student = models.get("tsm_resnet18", num_classes=size.num_classes, width=rw)
+    s_vars = _init_shapes(student, x, train=False)
+    feats = _apply_shapes(student, s_vars, x, train=False)[1]["layer4"]
+    adapter = spectral.SpectrumAdapter(rw * 8 * 4)  # to TSM-ResNet-50's layer4 channels
+    a_params = _init_shapes(adapter, _sds(*feats.shape), train=False)["params"]
+    params = {"student": s_vars["params"], "adapters": {"layer4": a_params}, "log_vars": _sds(4)}
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  step = torch_steps.build(name, batch=1, dtype="float32", compile=False, device="cpu", size=size)
+  assert _torch_groups(step.optimizers[0]) == _expected_groups(leaves, opt_cfg)
 
 
 # -- the steps -------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The benchmarked training steps written in PyTorch, for `python -m kd_jax.bench`.
 
-Each step mirrors one kd_jax training step (same networks, losses and optimiser) the way a PyTorch
-user would write it: eager, or `torch.compile` of the forward-and-loss function (AOTAutograd then
+Each step mirrors one kd_jax training step (same networks, losses and optimiser, the latter read
+from the method's own config where it lives there) the way a PyTorch user would write it: eager, or `torch.compile` of the forward-and-loss function (AOTAutograd then
 compiles the backward too), optionally under `torch.autocast(bfloat16)` with float32 parameters.
 On CUDA the inputs and networks are channels-last, the optimisers fused, cuDNN autotuned and TF32
 allowed for float32 matmuls (XLA's default on GPUs, so both sides run float32 the same way).
@@ -11,8 +11,8 @@ step                   what one call does
 =====================  =========================================================================
 pkd_backbone_r18/_r50  PKD stage 1 (`pkd.backbone_stage`): ResNet-18 (residual network, input
                        BatchNorm) / ResNet-50 (I-frame network) on `frames` TSN segments folded
-                       into the batch, segment-averaged logits, cross-entropy; SGD momentum 0.9
-                       (PKD itself fine-tunes with Adam; an elementwise update either way).
+                       into the batch, segment-averaged logits, cross-entropy; Adam (eps 1e-3)
+                       with coupled L2 1e-4 except on biases and PKD's per-group learning rates.
 pkd_ic_r18/_r50        PKD stage 2 (`pkd.ic_stage`, `_ic_forward`): the frozen backbone in eval
                        mode, IC1..IC3 on `layer1..3` in train mode, `progressive_kd_loss` (T = 1)
                        against the backbone's own final logits (the curriculum's last and longest
@@ -37,8 +37,9 @@ parameters) on the meta device; `tests/test_bench_torch.py` checks them against 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import contextlib
+import re
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -167,8 +168,33 @@ class _Runtime:
   def labels(self, batch: int, num_classes: int) -> Tensor:
     return torch.randint(0, num_classes, (batch,), generator=self.generator).to(self.device)
 
-  def optim_kwargs(self) -> dict[str, Any]:
-    return {"fused": True} if self.cuda else {}
+  def optimizer(self, cfg: Mapping[str, Any],
+                params: list[tuple[str, Tensor]]) -> torch.optim.Optimizer:
+    """A kd_jax optimizer config (`kd_jax.train.optim`) as a PyTorch optimizer.
+
+    `weight_decay` is PyTorch's coupled L2 in both (kd_jax adds it to the gradient before SGD /
+    Adam); `no_decay` and `lr_multipliers` (regexes on kd_jax's parameter paths) become parameter
+    groups, so `params` are named as the JAX models name theirs (`_flax_paths`).
+    """
+    no_decay = [re.compile(r) for r in cfg.get("no_decay", ())]
+    rules = [(re.compile(r), float(m)) for r, m in cfg.get("lr_multipliers", ())]
+    lr, wd = float(cfg["learning_rate"]), float(cfg.get("weight_decay", 0.0))
+    groups: dict[tuple[float, float], list[Tensor]] = {}
+    for path, p in params:
+      mult = next((m for r, m in rules if r.search(path)), 1.0)
+      decay = 0.0 if any(r.search(path) for r in no_decay) else wd
+      groups.setdefault((lr * mult, decay), []).append(p)
+    param_groups = [{"params": ps, "lr": g_lr, "weight_decay": g_wd}
+                    for (g_lr, g_wd), ps in groups.items()]
+    fused = {"fused": True} if self.cuda else {}
+    if cfg["name"] == "sgd":
+      return torch.optim.SGD(param_groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)),
+                             nesterov=bool(cfg.get("nesterov", False)), **fused)
+    if cfg["name"] == "adam":
+      return torch.optim.Adam(param_groups, lr=lr, betas=(float(cfg.get("b1", 0.9)),
+                                                          float(cfg.get("b2", 0.999))),
+                              eps=float(cfg.get("eps", 1e-8)), **fused)
+    raise ValueError(f"no PyTorch version of optimizer {cfg['name']!r}")
 
   def compile(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return torch.compile(fn) if self.compile_ else fn
@@ -182,36 +208,57 @@ def _is_3d(m: nn.Module) -> bool:
   return any(isinstance(s, (nn.Conv3d, nn.ConvTranspose3d)) for s in m.modules())
 
 
+_NORMS = (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
+
+
+def _flax_paths(prefix: str, module: nn.Module) -> list[tuple[str, Tensor]]:
+  """The trainable parameters of `module`, named for kd_jax's optimizer regexes.
+
+  Paths look like the JAX models' (`prefix/conv1/kernel`, `prefix/bn1/scale`, `prefix/fc/bias`):
+  PyTorch's module names '/'-separated, a norm layer's `weight` called `scale` and any other
+  `weight` a `kernel`. Deeper names differ (`layer1/0/...` against `layer1_0/...`); the configs'
+  rules read only top-level names and leaves.
+  """
+  out = []
+  for mod_name, mod in module.named_modules():
+    for name, p in mod.named_parameters(recurse=False):
+      if p.requires_grad:
+        if name == "weight":
+          name = "scale" if isinstance(mod, _NORMS) else "kernel"
+        out.append(("/".join(filter(None, [prefix, *mod_name.split("."), name])), p))
+  return out
+
+
 class Step:
   """A built training step: each call runs one full step and returns after a device synchronise.
 
-  `trainable` and `frozen` name the parameters the step updates and the ones it must leave alone
-  (for tests; the benchmark only calls the step).
+  `trainable` and `frozen` name the parameters the step updates and the ones it must leave alone,
+  `optimizers` are its optimisers (for tests; the benchmark only calls the step).
   """
 
   def __init__(self, fn: Callable[[], None], trainable: dict[str, list[Tensor]],
-               frozen: dict[str, list[Tensor]]):
+               frozen: dict[str, list[Tensor]], optimizers: list[torch.optim.Optimizer]):
     self._fn = fn
     self.trainable = trainable
     self.frozen = frozen
+    self.optimizers = optimizers
 
   def __call__(self) -> None:
     self._fn()
 
 
 def _train_step(rt: _Runtime, loss_fn: Callable[..., Tensor], inputs: tuple[Tensor, ...],
-                optimizers: list[torch.optim.Optimizer],
-                clip: tuple[list[Tensor], float] | None = None) -> Callable[[], None]:
+                opt: torch.optim.Optimizer, clip_norm: float = 0.0) -> Callable[[], None]:
   fn = rt.compile(loss_fn)
+  params = [p for g in opt.param_groups for p in g["params"]]
 
   def step() -> None:
     loss = fn(*inputs)
     loss.backward()
-    if clip is not None:
-      nn.utils.clip_grad_norm_(clip[0], clip[1])
-    for opt in optimizers:
-      opt.step()
-      opt.zero_grad(set_to_none=True)
+    if clip_norm > 0:  # optax.clip_by_global_norm over every trainable parameter
+      nn.utils.clip_grad_norm_(params, clip_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     rt.sync()
 
   return step
@@ -219,6 +266,13 @@ def _train_step(rt: _Runtime, loss_fn: Callable[..., Tensor], inputs: tuple[Tens
 
 def _params(*modules: nn.Module) -> list[Tensor]:
   return [p for m in modules for p in m.parameters()]
+
+
+def _pkd_config(name: str) -> tuple[Any, Any]:
+  """PKD's paper config and the block of the step's network (residual or I-frame)."""
+  from kd_jax.methods import pkd  # pylint: disable=g-import-not-at-top
+  config = pkd.default_config()
+  return config, config.networks["iframe" if _depth(name) == 50 else "residual"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,7 +329,12 @@ def _pkd_backbone(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
   segments = size.frames
   x = rt.randn(batch * segments, 3, size.crop, size.crop, channels_last=True)
   y = rt.labels(batch, size.num_classes)
-  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, **rt.optim_kwargs())
+  config, cfg = _pkd_config(name)
+  # pkd.backbone_stage: Adam, coupled L2 except on biases, per-group rates (spec 6.1).
+  opt = rt.optimizer(dict(name="adam", learning_rate=cfg.lr, eps=config.backbone.eps,
+                          weight_decay=config.backbone.weight_decay,
+                          no_decay=config.backbone.no_decay, lr_multipliers=cfg.lr_groups),
+                     _flax_paths("", net))
 
   def loss_fn(x: Tensor, y: Tensor) -> Tensor:
     with rt.autocast():
@@ -283,7 +342,7 @@ def _pkd_backbone(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
     with rt.float32():
       return F.cross_entropy(logits.float(), y)
 
-  return Step(_train_step(rt, loss_fn, (x, y), [opt]), {"student": _params(net)}, {})
+  return Step(_train_step(rt, loss_fn, (x, y), opt), {"student": _params(net)}, {}, [opt])
 
 
 def _pkd_ic(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
@@ -292,7 +351,13 @@ def _pkd_ic(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
   heads = rt.module(nets["heads"], train=True)
   segments = size.frames
   x = rt.randn(batch * segments, 3, size.crop, size.crop, channels_last=True)
-  opt = torch.optim.Adam(heads.parameters(), lr=1e-3, eps=1e-3, **rt.optim_kwargs())
+  config, cfg = _pkd_config(name)
+  ic = config.ic
+  # pkd.ic_stage: Adam, no weight decay; the fc bias trained or frozen as configured.
+  opt = rt.optimizer(dict(name="adam", learning_rate=cfg.ic_lr, eps=ic.eps,
+                          weight_decay=ic.weight_decay,
+                          lr_multipliers=((r"fc/bias$", 1.0 if ic.train_fc_bias else 0.0),)),
+                     _flax_paths("", heads))
 
   def loss_fn(x: Tensor) -> Tensor:
     with rt.autocast():
@@ -303,8 +368,8 @@ def _pkd_ic(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
       # losses.progressive_kd_loss: summed over the ICs, then the batch mean.
       return _soft_ce(ic_logits, final[:, None]).sum(1).mean()
 
-  return Step(_train_step(rt, loss_fn, (x,), [opt]), {"heads": _params(heads)},
-              {"student": _params(backbone)})
+  return Step(_train_step(rt, loss_fn, (x,), opt), {"heads": _params(heads)},
+              {"student": _params(backbone)}, [opt])
 
 
 def _foreground(f: Tensor, a: Tensor) -> Tensor:
@@ -317,6 +382,7 @@ def _foreground(f: Tensor, a: Tensor) -> Tensor:
 
 
 def _genkd(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
+  from kd_jax.methods import genkd  # pylint: disable=g-import-not-at-top
   nets = _networks(name, size)
   student = rt.module(nets["student"], train=True)
   head = rt.module(nets["attention"], train=True)
@@ -324,14 +390,17 @@ def _genkd(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
   teacher = rt.module(nets["teacher"], train=False, frozen=True)
   x = rt.randn(batch, 3, size.frames, size.crop, size.crop, channels_last=True)
   y = rt.labels(batch, size.num_classes)
-  net_params = list(student.parameters()) + list(head.parameters())
-  cvae_params = list(cvae.parameters())
-  net_opt = torch.optim.SGD(net_params, lr=1e-3, momentum=0.9, weight_decay=5e-4,
-                            **rt.optim_kwargs())
-  cvae_opt = torch.optim.Adam(cvae_params, lr=1e-4, betas=(0.8, 0.999), eps=1e-8,
-                              **rt.optim_kwargs())
-  kl_weight, gd_weight, ad_weight = 0.1, 0.01, 0.1
-  rec_weight = 0.5 * 1 / 20  # genkd.reconstruction_weight in epoch 1 ('official' ramp)
+  config = genkd.base_config()
+  lc = genkd.loss_config(config, teacher=False)
+  cvae_params = _params(cvae)
+  # SGD on the network (pass B), Adam on the CVAE (pass A), as genkd.make_optimizer.
+  net_opt = rt.optimizer(config.student.optimizer,
+                         _flax_paths("backbone", student) + _flax_paths("attention_head", head))
+  cvae_opt = rt.optimizer(config.student.cvae_optimizer, _flax_paths("cvae", cvae))
+  kl_weight, gd_weight, ad_weight = lc.kl_weight, lc.gd_weight, lc.ad_weight
+  # genkd.reconstruction_weight in epoch 1, in plain Python: a jnp call here would start JAX on
+  # the GPU (and take most of its memory) inside the PyTorch process.
+  rec_weight = lc.rec_max_weight * min(1, lc.rec_ramp_epochs) / lc.rec_ramp_epochs
 
   def pass_a(x: Tensor) -> Tensor:
     with rt.autocast():
@@ -378,10 +447,11 @@ def _genkd(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
     rt.sync()
 
   return Step(step, {"student": _params(student), "attention": _params(head),
-                     "cvae": cvae_params}, {"teacher": _params(teacher)})
+                     "cvae": cvae_params}, {"teacher": _params(teacher)}, [net_opt, cvae_opt])
 
 
 def _spectral(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
+  from kd_jax.methods import spectral  # pylint: disable=g-import-not-at-top
   nets = _networks(name, size)
   student = rt.module(nets["student"], train=True)
   teacher = rt.module(nets["teacher"], train=False, frozen=True)
@@ -391,11 +461,13 @@ def _spectral(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
   x = rt.randn(batch * segments, 3, size.crop, size.crop, channels_last=True)
   y = rt.labels(batch, size.num_classes)
   dct = torch.tensor(dct_matrix(3), dtype=torch.float32, device=rt.device)
-  stages = (1, 2, 3, 4)
-  decayed = list(student.parameters()) + list(adapter.parameters())
-  opt = torch.optim.SGD([{"params": decayed, "weight_decay": 5e-4},
-                         {"params": [log_vars], "weight_decay": 0.0}],
-                        lr=0.01, momentum=0.9, **rt.optim_kwargs())
+  config = spectral.base_config()
+  tau, stages = float(config.kd.temperature), tuple(config.param.stages)
+  # spectral.tsm_recipe (TSM's public recipe) plus the student stages' rule for the log-variances.
+  opt_cfg = dict(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
+                 no_decay=("bias$", "scale$", "^log_vars"), grad_clip_norm=20.0)
+  opt = rt.optimizer(opt_cfg, _flax_paths("student", student) + _flax_paths("adapters", adapter)
+                     + [("log_vars", log_vars)])
 
   def loss_fn(x: Tensor, y: Tensor) -> Tensor:
     with rt.autocast():
@@ -405,7 +477,7 @@ def _spectral(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
       mapped = adapter(feats["layer4"])
     with rt.float32():
       ce = F.cross_entropy(logits.float(), y)
-      kd = _hinton_kd(logits, t_logits, 4.0)
+      kd = _hinton_kd(logits, t_logits, tau)
       unfold = lambda z: z.view(-1, segments, *z.shape[1:])  # noqa: E731  [N, T, C, h, w]
       spec = _amplitude_mse(unfold(mapped), unfold(t_feats["layer4"]))
       param = _parameter_frequency_loss([student.spatial_kernels(s) for s in stages],
@@ -414,9 +486,9 @@ def _spectral(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
       # losses.uncertainty_weighted_sum: sum_i exp(-s_i) L_i + s_i.
       return (torch.exp(-log_vars) * values + log_vars).sum()
 
-  step = _train_step(rt, loss_fn, (x, y), [opt], clip=(decayed + [log_vars], 20.0))
+  step = _train_step(rt, loss_fn, (x, y), opt, opt_cfg["grad_clip_norm"])
   return Step(step, {"student": _params(student), "adapter": _params(adapter),
-                     "log_vars": [log_vars]}, {"teacher": _params(teacher)})
+                     "log_vars": [log_vars]}, {"teacher": _params(teacher)}, [opt])
 
 
 _BUILDERS = {
