@@ -5,6 +5,7 @@ Examples::
   python -m kd_jax.data.prepare synthetic_actions --data_dir ~/tensorflow_datasets
   python -m kd_jax.data.prepare ucf101/split1 --manual_dir ~/downloads/ucf101 --workers 8
   python -m kd_jax.data.prepare hmdb51/split2 --manual_dir ~/downloads/hmdb51
+  python -m kd_jax.data.prepare synthetic_actions/c12_24x12_f24_48x64   # a sized synthetic copy
 
 Writes array_record files under ``DATA_DIR/NAME/CONFIG/1.0.0/``, shows a progress bar per split and
 ends with a summary. Videos that fail to decode are skipped and listed, with the reason, in the summary
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -25,13 +27,20 @@ import tensorflow_datasets as tfds
 from kd_jax.data import builders
 from kd_jax.data.builders import common
 
+# Datasets generated here, without a download: the only ones a method may prepare on first use.
+GENERATED = ("synthetic_actions",)
+# The config names of sized synthetic_actions copies (see synthetic_config_name).
+_SIZED = re.compile(r"c(\d+)_(\d+)x(\d+)_f(\d+)_(\d+)x(\d+)(?:_s(\d+))?")
+
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m kd_jax.data.prepare",
       description="Build a kd_jax video dataset (TFDS array_record, no TensorFlow).")
   p.add_argument("name", help=f"dataset, optionally NAME/CONFIG; one of {', '.join(builders.NAMES)}"
-                 " (configs: synthetic_actions/default|tiny, ucf101|hmdb51/split1|split2|split3)")
+                 " (configs: synthetic_actions/default|tiny or a size such as"
+                 " synthetic_actions/c12_24x12_f24_48x64 (classes, train x test clips per class,"
+                 " frames, height x width, optional _s{seed}), ucf101|hmdb51/split1|split2|split3)")
   p.add_argument("--manual_dir", default=None,
                  help="where the official downloads are extracted (ucf101, hmdb51)")
   p.add_argument("--data_dir", default=None, help="TFDS data directory (default ~/tensorflow_datasets)")
@@ -52,7 +61,7 @@ def prepare(name: str, *, manual_dir: str | None = None, data_dir: str | None = 
     DatasetError: unknown dataset or config, or a missing or incomplete manual_dir (the message
       says what to do).
   """
-  builder = builders.get_builder(name, data_dir=data_dir)
+  builder = get_builder(name, data_dir=data_dir)
   path = os.fspath(builder.data_dir)
   if builder.is_prepared() and not overwrite:
     return {"path": path, "already_prepared": True, "seconds": 0.0,
@@ -70,28 +79,89 @@ def prepare(name: str, *, manual_dir: str | None = None, data_dir: str | None = 
           "counts": dict(builder.counts), "skipped": list(builder.skipped)}
 
 
+def synthetic_config_name(*, num_classes: int, train_clips: int, test_clips: int,
+                          num_frames: int, height: int, width: int, seed: int = 0) -> str:
+  """``c{classes}_{train}x{test}_f{frames}_{h}x{w}``, plus ``_s{seed}`` when the seed is not 0.
+
+  The name is the cache key of a prepared copy: the same size (and seed) reuses the same files, so
+  it must not change, or users' prepared data would be generated again under a new name. The seed
+  joins it only when not the default, which keeps the names prepared before seeds existed.
+  """
+  name = f"c{num_classes}_{train_clips}x{test_clips}_f{num_frames}_{height}x{width}"
+  return name if seed == 0 else f"{name}_s{seed}"
+
+
 def synthetic_builder(*, num_classes: int, train_clips: int, test_clips: int, num_frames: int,
-                      height: int, width: int, data_dir: str | None = None):
-  """A ``synthetic_actions`` builder of any size, named ``c{classes}_{train}x{test}_f{frames}_{h}x{w}``.
+                      height: int, width: int, seed: int = 0, data_dir: str | None = None):
+  """A ``synthetic_actions`` builder of any size, its config named by :func:`synthetic_config_name`.
 
   Methods that ask for the same size share one prepared copy (the name is the cache key).
   """
   from kd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from kd_jax.data.builders import synthetic_actions as sa  # pylint: disable=g-import-not-at-top
+  name = synthetic_config_name(num_classes=num_classes, train_clips=train_clips,
+                               test_clips=test_clips, num_frames=num_frames, height=height,
+                               width=width, seed=seed)
+  try:
+    spec = synthetic.SyntheticSpec(num_classes=num_classes, num_frames=num_frames, height=height,
+                                   width=width)
+  except ValueError as e:
+    raise common.DatasetError(f"synthetic_actions/{name}: {e}") from None
   config = sa.SyntheticActionsConfig(
-      name=f"c{num_classes}_{train_clips}x{test_clips}_f{num_frames}_{height}x{width}",
-      description="kd_jax quickstart size",
-      spec=synthetic.SyntheticSpec(num_classes=num_classes, num_frames=num_frames, height=height,
-                                   width=width),
-      train_clips=train_clips, test_clips=test_clips)
+      name=name, description="kd_jax quickstart size", spec=spec, train_clips=train_clips,
+      test_clips=test_clips, seed=seed)
   return sa.SyntheticActions(config=config, data_dir=data_dir, file_format="array_record")
+
+
+def get_builder(name: str, *, data_dir: str | None = None):
+  """``builders.get_builder``, plus the sized ``synthetic_actions`` configs the methods generate.
+
+  So that the command in a "not prepared" message (:func:`command`) prepares exactly the copy a
+  method asked for, e.g. ``synthetic_actions/c12_24x12_f24_48x64``.
+  """
+  base, config = builders.split_name(name)
+  sized = _SIZED.fullmatch(config or "") if base == "synthetic_actions" else None
+  if sized is None:
+    return builders.get_builder(name, data_dir=data_dir)
+  c, tr, te, f, h, w, seed = sized.groups()
+  return synthetic_builder(num_classes=int(c), train_clips=int(tr), test_clips=int(te),
+                           num_frames=int(f), height=int(h), width=int(w), seed=int(seed or 0),
+                           data_dir=data_dir)
+
+
+def command(builder) -> str:
+  """The command line that prepares ``builder``'s dataset where the builder looks for it.
+
+  Datasets that need a download get ``--manual_dir DIR (see docs/data.md)``.
+  """
+  cmd = (f"python -m kd_jax.data.prepare {builder.name}/{builder.builder_config.name} "
+         f"--data_dir {builder.data_dir_root}")
+  if builder.name not in GENERATED:
+    cmd += " --manual_dir DIR (see docs/data.md)"
+  return cmd
+
+
+def generate(builder, *, workers: int = 1) -> None:
+  """Generates a dataset of :data:`GENERATED` now, with a note that it happens once.
+
+  The caller makes sure that only one process writes (several would race on the files).
+  """
+  if builder.name not in GENERATED:
+    raise common.DatasetError(f"{builder.name} is not prepared in {builder.data_dir_root}; run: "
+                              f"{command(builder)}")
+  print(f"Preparing {builder.name}/{builder.builder_config.name} in {builder.data_dir_root} "
+        "(first use only) ...", flush=True)
+  builder.num_workers = max(1, workers)
+  tfds.disable_progress_bar()  # ours (one bar per split, in VideoBuilder) is enough
+  builder.download_and_prepare()
 
 
 def ensure_prepared(builder, *, workers: int = 1) -> bool:
   """Prepares a generated dataset (``synthetic_actions``) unless it already is; True if it did.
 
-  Single-process only (several processes would race on the files): a multi-host run must prepare
-  first with this module's command line. Datasets with a manual download are never prepared here.
+  Single-process only (several processes would race on the files): a multi-host run prepares
+  through ``kd_jax.data.sources.open_splits`` or first with this module's command line. Datasets
+  with a manual download are never prepared here.
 
   Raises:
     DatasetError: the dataset needs a manual download, or several processes are running; the
@@ -100,18 +170,9 @@ def ensure_prepared(builder, *, workers: int = 1) -> bool:
   if builder.is_prepared():
     return False
   import jax  # pylint: disable=g-import-not-at-top
-  command = (f"python -m kd_jax.data.prepare {builder.name}/{builder.builder_config.name} "
-             f"--data_dir {builder.data_dir_root}")
-  if builder.name != "synthetic_actions":
-    raise common.DatasetError(f"{builder.name} is not prepared in {builder.data_dir_root}; run: "
-                              f"{command} --manual_dir DIR (see docs/data.md)")
-  if jax.process_count() > 1:
-    raise common.DatasetError(f"prepare {builder.name} before a multi-host run: {command}")
-  print(f"Preparing {builder.name}/{builder.builder_config.name} in {builder.data_dir_root} "
-        "(first use only) ...", flush=True)
-  builder.num_workers = max(1, workers)
-  tfds.disable_progress_bar()
-  builder.download_and_prepare()
+  if builder.name in GENERATED and jax.process_count() > 1:
+    raise common.DatasetError(f"prepare {builder.name} before a multi-host run: {command(builder)}")
+  generate(builder, workers=workers)
   return True
 
 

@@ -470,45 +470,29 @@ class Data:
 
 def load_data(dcfg: ml_collections.ConfigDict) -> Data:
   """Train and eval sources of ``config.data``; ``synthetic_actions`` is prepared on first use."""
-  from kd_jax.data import builders  # pylint: disable=g-import-not-at-top
   from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from kd_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
 
-  data_dir = os.path.expanduser(dcfg.data_dir) if dcfg.data_dir else None
+  # config 'custom': a synthetic_actions of the size in data.synthetic.
+  sized = dcfg.name == "synthetic_actions" and dcfg.config == "custom"
   try:
-    if dcfg.name == "synthetic_actions" and dcfg.config == "custom":
-      s = dcfg.synthetic
-      builder = prepare.synthetic_builder(
-          num_classes=s.num_classes, train_clips=s.train_clips, test_clips=s.test_clips,
-          num_frames=s.num_frames, height=s.height, width=s.width, data_dir=data_dir)
-    else:
-      builder = builders.get_builder(f"{dcfg.name}/{dcfg.config}" if dcfg.config else dcfg.name,
-                                     data_dir=data_dir)
-    if dcfg.auto_prepare:
-      prepare.ensure_prepared(builder, workers=int(dcfg.prepare_workers))
-    elif not builder.is_prepared():
-      raise builders.DatasetError(
-          f"{builder.name}/{builder.builder_config.name} is not prepared in "
-          f"{builder.data_dir_root}; run: python -m kd_jax.data.prepare "
-          f"{builder.name}/{builder.builder_config.name} --data_dir {builder.data_dir_root}"
-          + (" --manual_dir DIR (see docs/data.md)" if dcfg.name != "synthetic_actions" else ""))
-    train_src = builder.as_data_source(split=dcfg.train_split)
-    eval_src = builder.as_data_source(split=dcfg.eval_split)
-  except builders.DatasetError as e:
+    opened = sources.open_splits(
+        dcfg.name, dcfg.config, data_dir=dcfg.data_dir,
+        synthetic=dcfg.synthetic.to_dict() if sized else None, auto_prepare=dcfg.auto_prepare,
+        prepare_workers=dcfg.prepare_workers, train_split=dcfg.train_split,
+        eval_split=dcfg.eval_split)
+  except common.DatasetError as e:
     raise UserError(str(e)) from None
-  except (KeyError, ValueError) as e:
-    if "split" in str(e).lower():
-      raise UserError(f"{dcfg.name}: {e}; set config.data.train_split / eval_split") from None
-    raise
   flip = {"auto": None, "on": True, "off": False}.get(dcfg.flip, "bad")
   if flip == "bad":
     raise UserError(f"config.data.flip must be auto, on or off, got {dcfg.flip!r}")
   spec = pipeline.make_spec("rgb_clip", clip_len=dcfg.clip_len, crop_size=dcfg.crop_size,
                             resize_size=dcfg.resize_size or None, flip=flip)
-  names = builder.info.features["label"].names
-  desc = (f"{builder.name}/{builder.builder_config.name}: {len(train_src)} train / "
-          f"{len(eval_src)} eval videos, {len(names)} classes")
-  return Data(train_src, eval_src, len(names), spec, desc)
+  names = opened.class_names
+  desc = (f"{opened.name}: {len(opened.train)} train / {len(opened.eval)} eval videos, "
+          f"{len(names)} classes")
+  return Data(opened.train, opened.eval, len(names), spec, desc)
 
 
 class _EvalBatches:

@@ -169,60 +169,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def _synthetic_config(cfg: ml_collections.ConfigDict):
-  from kd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  from kd_jax.data.builders import synthetic_actions as sa  # pylint: disable=g-import-not-at-top
-  s = cfg.synthetic
-  name = (f"c{s.num_classes}_{s.train_clips}x{s.test_clips}_f{s.num_frames}_"
-          f"{s.height}x{s.width}")
-  return sa.SyntheticActionsConfig(
-      name=name, description="kd_jax quickstart size",
-      spec=synthetic.SyntheticSpec(num_classes=s.num_classes, num_frames=s.num_frames,
-                                   height=s.height, width=s.width),
-      train_clips=s.train_clips, test_clips=s.test_clips)
-
-
-def dataset_name(data: ml_collections.ConfigDict, split: int | None = None) -> str:
-  """``NAME/CONFIG`` of the configured dataset (``split`` overrides ``data.split``)."""
-  if data.dataset in ("ucf101", "hmdb51"):
-    return f"{data.dataset}/split{split or data.split}"
-  if data.dataset == "synthetic_actions" and data.config == "custom":
-    return f"{data.dataset}/{_synthetic_config(data).name}"
-  return f"{data.dataset}/{data.config}"
-
-
 def open_dataset(data: ml_collections.ConfigDict, split: int | None = None):
-  """(builder, train source, test source); prepares synthetic data on first use."""
-  from kd_jax.data import builders  # pylint: disable=g-import-not-at-top
+  """The configured dataset's train and test splits (``kd_jax.data.sources.Splits``).
+
+  ``split`` overrides ``data.split`` (ucf101, hmdb51); ``data.config='custom'`` is a
+  ``synthetic_actions`` of the size in ``data.synthetic``; synthetic data is generated on first use
+  when ``data.auto_prepare`` is on.
+  """
+  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
   from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
-  data_dir = str(epath.Path(data.data_dir).expanduser())
-  name = dataset_name(data, split)
+  if data.dataset in ("ucf101", "hmdb51"):
+    builder_config = f"split{split or data.split}"
+  else:
+    builder_config = data.config
+  sized = data.dataset == "synthetic_actions" and data.config == "custom"
   try:
-    if data.dataset == "synthetic_actions" and data.config == "custom":
-      from kd_jax.data.builders import synthetic_actions as sa  # pylint: disable=g-import-not-at-top
-      builder = sa.SyntheticActions(config=_synthetic_config(data), data_dir=data_dir,
-                                    file_format="array_record")
-    else:
-      builder = builders.get_builder(name, data_dir=data_dir)
+    # The method reads the splits "train" and "test" of every dataset (no config field for them).
+    return sources.open_splits(
+        data.dataset, builder_config, data_dir=data.data_dir,
+        synthetic=data.synthetic.to_dict() if sized else None, auto_prepare=data.auto_prepare,
+        prepare_workers=data.prepare_workers, train_split="train", eval_split="test",
+        split_fields=None)
   except common.DatasetError as e:
     raise UserError(f"data: {e}") from None
-  if not builder.is_prepared():
-    if data.dataset == "synthetic_actions" and data.auto_prepare:
-      if jax.process_count() > 1:
-        raise UserError(f"prepare {name} first: python -m kd_jax.data.prepare {name} "
-                        f"--data_dir {data_dir}")
-      logging.info("Preparing %s in %s (first use).", name, data_dir)
-      print(f"Preparing {name} in {data_dir} (first use only) ...", flush=True)
-      builder.num_workers = max(1, int(data.prepare_workers))
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      tfds.disable_progress_bar()
-      builder.download_and_prepare()
-    else:
-      cmd = f"python -m kd_jax.data.prepare {name} --data_dir {data_dir}"
-      if data.dataset in ("ucf101", "hmdb51"):
-        cmd += " --manual_dir <dir with the extracted official download> (see docs/data.md)"
-      raise UserError(f"dataset {name} is not prepared in {data_dir}; run: {cmd}")
-  return builder, builder.as_data_source(split="train"), builder.as_data_source(split="test")
 
 
 class Batches:
@@ -289,10 +258,10 @@ class Data:
     self.cfg = config.data
     self.seed = config.seed
     self.builder, self.sources = None, {}
-    builder, tr, te = open_dataset(self.cfg, split)
-    self.builder, self.sources = builder, {"train": tr, "test": te}
-    self.name = dataset_name(self.cfg, split)
-    self.num_classes = builder.info.features["label"].num_classes
+    opened = open_dataset(self.cfg, split)
+    self.builder, self.sources = opened.builder, {"train": opened.train, "test": opened.eval}
+    self.name = opened.name
+    self.num_classes = len(opened.class_names)
     self.labels = {}
     self._cache: dict[Any, dict[str, np.ndarray]] = {}
 

@@ -60,7 +60,6 @@ import re
 import time
 from typing import Any
 
-from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -108,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
       name="synthetic_actions",
       config="",             # builder config: split1 (ucf101), default / tiny / '' (custom, below)
       data_dir="",           # TFDS data dir; '' = ~/tensorflow_datasets
-      prepare=True,          # build synthetic_actions on first use (manual datasets never)
+      auto_prepare=True,     # build synthetic_actions on first use (manual datasets never)
       prepare_workers=2,
       train_split="train",
       eval_split="test",
@@ -533,77 +532,33 @@ class Data:
   description: str
 
 
-def _synthetic_builder(dcfg: ml_collections.ConfigDict, data_dir: str | None):
-  from kd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  from kd_jax.data.builders import synthetic_actions as sa  # pylint: disable=g-import-not-at-top
-
-  if dcfg.config in ("default", "tiny"):
-    from kd_jax.data import builders  # pylint: disable=g-import-not-at-top
-    return builders.get_builder(f"synthetic_actions/{dcfg.config}", data_dir=data_dir)
-  s = dcfg.synthetic
-  name = (f"c{s.num_classes}_f{s.num_frames}_{s.height}x{s.width}_tr{s.train_clips}"
-          f"_te{s.test_clips}_s{s.seed}")
-  cfg = sa.SyntheticActionsConfig(
-      name=name, description="synthetic_actions for the spectral quickstart",
-      spec=synthetic.SyntheticSpec(num_classes=s.num_classes, num_frames=s.num_frames,
-                                   height=s.height, width=s.width),
-      train_clips=s.train_clips, test_clips=s.test_clips, seed=s.seed)
-  return sa.SyntheticActions(config=cfg, data_dir=data_dir, file_format="array_record")
-
-
 def load_data(config: ml_collections.ConfigDict) -> Data:
   """The train and eval sources of ``config.data``; prepares ``synthetic_actions`` on first use."""
-  from kd_jax.data import builders  # pylint: disable=g-import-not-at-top
   from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
 
   dcfg = config.data
-  data_dir = os.path.expanduser(dcfg.data_dir) if dcfg.data_dir else None
+  # synthetic_actions configs other than the two named ones: the size in data.synthetic.
+  sized = dcfg.name == "synthetic_actions" and dcfg.config not in ("default", "tiny")
   try:
-    if dcfg.name == "synthetic_actions":
-      builder = _synthetic_builder(dcfg, data_dir)
-      if not builder.is_prepared():
-        if not dcfg.prepare:
-          raise UserError(f"synthetic_actions/{builder.builder_config.name} is not prepared in "
-                          f"{builder.data_dir_root}; set --config.data.prepare=True")
-        logging.info("Preparing synthetic_actions/%s in %s (first use).",
-                     builder.builder_config.name, builder.data_dir_root)
-        if jax.process_index() == 0:
-          builder.num_workers = max(1, int(dcfg.prepare_workers))
-          import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-          tfds.disable_progress_bar()
-          builder.download_and_prepare()
-        if jax.process_count() > 1:
-          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-          multihost_utils.sync_global_devices("spectral_prepare")
-          builder = _synthetic_builder(dcfg, data_dir)
-    else:
-      name = dcfg.name + (f"/{dcfg.config}" if dcfg.config else "")
-      builder = builders.get_builder(name, data_dir=data_dir)
-      if not builder.is_prepared():
-        hint = " --manual_dir DIR"
-        raise UserError(
-            f"{name} is not prepared in {builder.data_dir_root}; run: python -m "
-            f"kd_jax.data.prepare {builder.name}/{builder.builder_config.name}{hint} "
-            f"--data_dir {builder.data_dir_root} (see docs/data.md)")
-    train_src = builder.as_data_source(split=dcfg.train_split)
-    eval_src = builder.as_data_source(split=dcfg.eval_split)
-  except builders.DatasetError as e:
+    opened = sources.open_splits(
+        dcfg.name, dcfg.config, data_dir=dcfg.data_dir,
+        synthetic=dcfg.synthetic.to_dict() if sized else None, auto_prepare=dcfg.auto_prepare,
+        prepare_workers=dcfg.prepare_workers, train_split=dcfg.train_split,
+        eval_split=dcfg.eval_split)
+  except common.DatasetError as e:
     raise UserError(str(e)) from None
-  except (KeyError, ValueError) as e:
-    if "split" in str(e).lower():
-      raise UserError(f"{dcfg.name}: {e}; set config.data.train_split / eval_split to one of "
-                      f"{', '.join(builder.info.splits)}") from None
-    raise
   flip = {"auto": None, "on": True, "off": False}.get(dcfg.flip)
   if dcfg.flip not in ("auto", "on", "off"):
     raise UserError(f"config.data.flip must be auto, on or off, got {dcfg.flip!r}")
   spec = pipeline.make_spec("rgb_segments", num_segments=dcfg.num_segments,
                             crop_size=dcfg.crop_size, resize_size=dcfg.resize_size or None,
                             flip=flip)
-  names = builder.info.features["label"].names
-  desc = (f"{builder.name}/{builder.builder_config.name}: {len(train_src)} train / "
-          f"{len(eval_src)} eval videos, {len(names)} classes")
-  return Data(train_src, eval_src, len(names), list(names), spec, desc)
+  names = opened.class_names
+  desc = (f"{opened.name}: {len(opened.train)} train / {len(opened.eval)} eval videos, "
+          f"{len(names)} classes")
+  return Data(opened.train, opened.eval, len(names), names, spec, desc)
 
 
 class _EvalBatches:
