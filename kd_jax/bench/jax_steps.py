@@ -27,6 +27,7 @@ import numpy as np
 
 from kd_jax import models
 from kd_jax.bench import sizes
+from kd_jax.models import i3d
 from kd_jax.train import mesh as mesh_lib
 from kd_jax.train import optim
 from kd_jax.train import steps as steps_lib
@@ -43,7 +44,7 @@ class Phase:
   """One timed variant of a step.
 
   Attributes:
-    name: '' for a step with one phase; 'A' / 'B' for GenKD's passes; 'teacher=mv' for PKD's ICs.
+    name: '' for a step with one phase; 'A' / 'B' for GenKD's passes; 'teacher=own' for PKD's ICs.
     make_state: a fresh device state for this phase (the step donates its state).
     pin: ``pin(state, batch) -> (state, batch)`` with the phase's control values replaced by
       constants, for a compilation whose cost analysis counts only this phase; None when the step
@@ -64,6 +65,7 @@ class BuiltStep:
   dtype: str
   size: sizes.StepSize
   train: Any
+  abstract_state: Any  # shapes, dtypes and shardings of the state, to compile without one
   frozen: Any
   batch: dict[str, jax.Array]
   phases: list[Phase]
@@ -89,11 +91,25 @@ def _resnet_width(size: sizes.StepSize) -> int:
   return max(1, int(round(64 * size.width)))
 
 
-def _inputs(shapes: dict[str, tuple[int, ...]], batch: int, dtype: Any, seed: int
-            ) -> dict[str, np.ndarray]:
-  """Random normalised inputs (what the pipeline yields), labels in [0, num_classes)."""
-  rng = np.random.default_rng(seed)
-  out = {k: rng.standard_normal((batch, *s), np.float32).astype(dtype) for k, s in shapes.items()}
+def _inputs(shapes: dict[str, tuple[int, ...]], batch: int, dtype: Any
+            ) -> dict[str, jax.ShapeDtypeStruct]:
+  """Inputs of ``batch`` clips, to be drawn on the device (:func:`_device_batch`)."""
+  return {k: jax.ShapeDtypeStruct((batch, *s), dtype) for k, s in shapes.items()}
+
+
+def _device_batch(inputs: dict[str, Any], sharding: Any, seed: int) -> dict[str, jax.Array]:
+  """The batch on the device; ``ShapeDtypeStruct`` entries become standard-normal draws.
+
+  The pipeline yields normalised clips, hence N(0, 1). They are drawn on the device, so that the
+  large batches of a largest-batch search never pass through the host.
+  """
+  out = {}
+  for i, (name, x) in enumerate(sorted(inputs.items())):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      draw = _init_jit(lambda k, x=x: jax.random.normal(k, x.shape).astype(x.dtype))
+      out[name] = jax.device_put(draw(jax.random.key(seed + i)), sharding)
+    else:
+      out[name] = jax.device_put(x, sharding)
   return out
 
 
@@ -117,9 +133,12 @@ class _Parts:
   schedule: Any
   init_fn: Callable[[jax.Array], tuple[Any, Any]]
   frozen: Any
-  inputs: dict[str, np.ndarray]
+  inputs: dict[str, Any]  # name -> ShapeDtypeStruct (drawn on the device) or array
   params: Callable[[Any, Any], dict[str, int]]  # (params, frozen) -> per-network counts
-  phases: list[tuple[str, Callable[[Any], Any] | None, Callable[[Any, Any], tuple[Any, Any]] | None]]
+  # (name, prepare(state) -> state or None, pin or None): see Phase.
+  phases: list[tuple[str, Callable[[Any], Any] | None, Callable[..., tuple[Any, Any]] | None]]
+  # False where init_fn draws on the host (PKD's host_init): a jit would only embed its arrays.
+  jit_init: bool = True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,40 +170,44 @@ def _pkd_backbone(name: str, size: sizes.StepSize, batch: int, dtype: Any) -> _P
   stage = pkd.backbone_stage(config, _NoData(), [net], {net.name: (params, stats)}, name)
   tx, schedule = optim.make_optimizer(stage.optimizer, stage.num_steps)
   channels = pkd.INPUT[net.name]["in_channels"]
-  inputs = _inputs({net.name: (size.frames, size.crop, size.crop, channels)}, batch, dtype, 1)
+  inputs = _inputs({net.name: (size.frames, size.crop, size.crop, channels)}, batch, dtype)
   return _Parts(
       loss_fn=stage.loss_fn, tx=tx, schedule=schedule, init_fn=stage.init_fn, frozen=None,
-      inputs=inputs, params=lambda p, f: {"backbone": _count(p[net.name])},
-      phases=[("", None, None)])
+      inputs=inputs, params=lambda p, f: {"student": _count(p[net.name]), "teacher": 0},
+      phases=[("", None, None)], jit_init=False)
 
 
 def _pkd_ic(name: str, size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
   pkd, config, nets = _pkd_networks(size, dtype)
   student = "residual" if name.endswith("r18") else "iframe"
-  teacher = pkd.SCHEDULES[config.ic.teacher_schedule][0]  # the curriculum's first teacher: MV
+  # The curriculum's last phase, the longest (epochs 100-300 of 300): the network's own final
+  # classifier teaches, from the same forward pass. The program still holds every phase's branch
+  # (a lax.switch), and the batch every modality they read, as in training.
+  schedule = pkd.SCHEDULES[config.ic.teacher_schedule]
+  phase = len(schedule) - 1
   backbones = {}
-  for i, m in enumerate(pkd.NETWORKS):
-    p, s, _ = pkd.init_backbone(nets[m], size.crop, seed=i)
-    backbones[m] = {"params": p, "batch_stats": s}
+  for i, m in enumerate(pkd.NETWORKS):  # the ones the stage reads: its own and the teachers
+    if m in pkd.resolve_schedule(config.ic.teacher_schedule, student):
+      p, s, _ = pkd.init_backbone(nets[m], size.crop, seed=i)
+      backbones[m] = {"params": p, "batch_stats": s}
   ic_init = {student: pkd.init_heads(nets[student], size.crop, seed=10)}
   stage = pkd.ic_stage(config, _NoData(), [nets[student]], nets, backbones, ic_init, "pkd", name)
-  tx, schedule = optim.make_optimizer(stage.optimizer, stage.num_steps)
+  tx, lr_schedule = optim.make_optimizer(stage.optimizer, stage.num_steps)
   shapes = {m: (size.frames, size.crop, size.crop, pkd.INPUT[m]["in_channels"])
             for m in stage.frozen}
-  inputs = _inputs(shapes, batch, dtype, 1)
-  phase = pkd.SCHEDULES[config.ic.teacher_schedule].index(teacher)
+  inputs = _inputs(shapes, batch, dtype)
   inputs["teacher"] = np.full((batch,), phase, np.int32)
 
   def pin(state, b):
     return state, dict(b, teacher=jnp.full(b["teacher"].shape, phase, jnp.int32))
 
   def params(p, frozen):
-    return {"ic_heads": _count(p[student]), "backbone": _count(frozen[student]["params"]),
-            "teacher": _count(frozen[teacher]["params"])}
+    return {"student": _count(frozen[student]["params"]), "teacher": 0,
+            "heads": _count(p[student])}
 
-  return _Parts(loss_fn=stage.loss_fn, tx=tx, schedule=schedule, init_fn=stage.init_fn,
+  return _Parts(loss_fn=stage.loss_fn, tx=tx, schedule=lr_schedule, init_fn=stage.init_fn,
                 frozen=stage.frozen, inputs=inputs, params=params,
-                phases=[(f"teacher={teacher}", None, pin)])
+                phases=[(f"teacher={schedule[phase]}", None, pin)], jit_init=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,7 +217,7 @@ def _pkd_ic(name: str, size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
 def _genkd(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
   from kd_jax.methods import genkd  # pylint: disable=g-import-not-at-top
   config = genkd.base_config()
-  hidden = max(32, 32 * int(round(512 * size.width / 32)))
+  hidden = i3d.scale_channels(512, size.width)
   attention = {"hidden_channels": hidden, "dtype": dtype}
   # head_pool=None pools the whole Mixed_5c map in space: (2, 7, 7) at 224, and valid at any crop.
   kw = {"width": float(size.width), "head_pool": None, "dtype": dtype}
@@ -213,9 +236,8 @@ def _genkd(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
                          "batch_stats": t_state["batch_stats"]},
             "attention_head": t_params["net"]["attention_head"], "cvae": t_params["cvae"]}
   frozen = {"teacher": t_vars, "use_gd": np.float32(1), "use_ad": np.float32(1)}
-  inputs = _inputs({"video": clip}, batch, dtype, 1)
+  inputs = _inputs({"video": clip}, batch, dtype)
 
-  @_init_jit
   def init_fn(key):
     return genkd.init_variables(student, jax.random.fold_in(key, 2), clip)
 
@@ -234,9 +256,9 @@ def _genkd(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
 
   def params(p, f):
     t = f["teacher"]
-    return {"student": _count(p["net"]["backbone"]), "attention": _count(p["net"]["attention_head"]),
-            "cvae": _count(p["cvae"]), "teacher": _count(t["backbone"]["params"]),
-            "teacher_attention": _count(t["attention_head"]), "teacher_cvae": _count(t["cvae"])}
+    return {"student": _count(p["net"]["backbone"]),
+            "attention": _count(p["net"]["attention_head"]), "cvae": _count(p["cvae"]),
+            "teacher": _count([t["backbone"]["params"], t["attention_head"], t["cvae"]])}
 
   first_b = _GENKD_STEPS_PER_PASS * (genkd.PASS_B - genkd.PASS_A)
   return _Parts(loss_fn=loss_fn, tx=tx, schedule=schedule, init_fn=init_fn, frozen=frozen,
@@ -273,12 +295,12 @@ def _spectral(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
   t_params, t_state = _init_jit(lambda k: spectral._init_model(  # pylint: disable=protected-access
       setup.teacher, k, setup.example))(jax.random.key(1))
   frozen = {"switch": spectral.switches(entry, config), "teacher": {"params": t_params, **t_state}}
-  init_fn = _init_jit(spectral._student_init_fn(setup, None))  # pylint: disable=protected-access
-  inputs = _inputs({"video": (size.frames, size.crop, size.crop, 3)}, batch, dtype, 1)
+  init_fn = spectral._student_init_fn(setup, None)  # pylint: disable=protected-access
+  inputs = _inputs({"video": (size.frames, size.crop, size.crop, 3)}, batch, dtype)
 
   def params(p, f):
-    return {"student": _count(p["student"]), "adapter": _count(p["adapters"]),
-            "log_vars": _count(p["log_vars"]), "teacher": _count(f["teacher"]["params"])}
+    return {"student": _count(p["student"]), "teacher": _count(f["teacher"]["params"]),
+            "adapter": _count(p["adapters"])}
 
   return _Parts(loss_fn=loss_fn, tx=tx, schedule=schedule, init_fn=init_fn, frozen=frozen,
                 inputs=inputs, params=params, phases=[("", None, None)])
@@ -320,13 +342,14 @@ def build(name: str, *, batch: int, dtype: str, size: sizes.StepSize, seed: int 
   mesh = mesh_lib.make_mesh(1)
   steps = steps_lib.build_steps(loss_fn=parts.loss_fn, tx=parts.tx, schedule=parts.schedule,
                                 mesh=mesh, init_fn=parts.init_fn, seed=seed)
-  params, model_state = parts.init_fn(jax.random.key(seed))
+  init = _init_jit(parts.init_fn) if parts.jit_init else parts.init_fn
+  params, model_state = init(jax.random.key(seed))
   host_state = jax.device_get(steps_lib.TrainState(
       step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
       opt_state=parts.tx.init(params)))
   frozen = jax.device_put(parts.frozen, mesh_lib.replicated(mesh))
-  host_batch = dict(parts.inputs, label=labels)
-  device_batch = jax.device_put(host_batch, mesh_lib.batch_sharded(mesh))
+  device_batch = _device_batch(dict(parts.inputs, label=labels), mesh_lib.batch_sharded(mesh),
+                               seed + 1)
 
   def state_maker(prepare):
     def make():
@@ -336,8 +359,10 @@ def build(name: str, *, batch: int, dtype: str, size: sizes.StepSize, seed: int 
     return make
 
   phases = [Phase(n, state_maker(prep), pin) for n, prep, pin in parts.phases]
+  abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          host_state, steps.state_sharding)
   return BuiltStep(name=name, batch_size=batch, dtype=dtype, size=size, train=steps.train,
-                   frozen=frozen, batch=device_batch, phases=phases,
+                   abstract_state=abstract, frozen=frozen, batch=device_batch, phases=phases,
                    params=parts.params(host_state.params, parts.frozen))
 
 

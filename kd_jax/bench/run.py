@@ -54,8 +54,9 @@ PIPELINE_CLIPS, PIPELINE_BATCH, PIPELINE_BATCHES = 4, 2, 2
 # the first matching pattern wins. Sources: the NVIDIA H100 (SXM5, PCIe, NVL), H200 (SXM, NVL), A100
 # and L4 datasheets, whose tensor-core figures are quoted with sparsity (dense = half of them), and
 # Google Cloud's TPU v4, v5e, v5p and v6e system-architecture pages (bfloat16 per chip). float32 on
-# NVIDIA GPUs is the TF32 tensor-core peak: at JAX's default precision XLA runs float32 convolutions
-# and matmuls in TF32. On TPUs float32 matmuls run as bfloat16 passes, so the bfloat16 peak applies.
+# NVIDIA GPUs is the TF32 tensor-core peak: at JAX's default precision float32 convolutions and
+# matmuls run in TF32 on recent GPUs and as bfloat16 passes on TPUs (JAX's "Matmul precision" page),
+# so TPUs get their bfloat16 peak for both.
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     (r"H100.*PCIe", {"bfloat16": 756.5, "float32": 378.0}),  # 1513 / 756 sparse
     (r"H[12]00 NVL", {"bfloat16": 835.5, "float32": 417.5}),  # 1671 / 835 sparse
@@ -159,42 +160,30 @@ def env_worker(spec: Mapping[str, Any]) -> dict[str, Any]:
           "prng_impl": str(jax.config.jax_default_prng_impl)}
 
 
-def _pinned_flops(jax_steps, built, phase, state) -> float | None:
-  """FLOPs of one phase alone (see ``jax_steps.Phase``)."""
-  fn = jax_steps.pinned_step(built, phase)
-  return flops_of(fn.lower(state, built.frozen, built.batch).compile().cost_analysis())
 
 
 def jax_worker(spec: Mapping[str, Any]) -> dict[str, Any]:
-  """Builds, compiles and times one JAX step; ``spec['probe']`` only checks that it runs."""
+  """Builds, compiles and times one JAX step; ``spec['probe']`` only checks that it runs.
+
+  The step compiles before its state exists and each phase's FLOPs are counted after the timing,
+  so that the device's peak memory is the step's, not the compiler's scratch (GPU autotuning).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from kd_jax.bench import jax_steps  # pylint: disable=g-import-not-at-top
-  probe = bool(spec.get("probe"))
   size = sizes.StepSize(**spec["size"])
   t0 = time.perf_counter()
   built = jax_steps.build(spec["step"], batch=int(spec["batch"]), dtype=spec["dtype"], size=size)
   build_s = time.perf_counter() - t0
-  state = built.phases[0].make_state()
   t0 = time.perf_counter()
-  lowered = built.train.lower(state, built.frozen, built.batch)
+  lowered = built.train.lower(built.abstract_state, built.frozen, built.batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  if probe:
-    out = compiled(state, built.frozen, built.batch)
-    jax.block_until_ready(out)
+  if spec.get("probe"):
+    jax.block_until_ready(compiled(built.phases[0].make_state(), built.frozen, built.batch))
     return {"ok": True, "batch": built.batch_size}
-  flops_compiled = flops_of(compiled.cost_analysis())
-  flops_lowered = flops_of(lowered.cost_analysis())
   phases, finite = {}, True
-  for i, phase in enumerate(built.phases):
-    if i:
-      state = phase.make_state()
-    flops, pin_s = flops_compiled, None
-    if phase.pin is not None:
-      t0 = time.perf_counter()
-      flops = _pinned_flops(jax_steps, built, phase, state)
-      pin_s = time.perf_counter() - t0
-    holder = {"state": state, "metrics": None}
+  for phase in built.phases:
+    holder = {"state": phase.make_state(), "metrics": None}
 
     def one_step():
       holder["state"], holder["metrics"] = compiled(holder["state"], built.frozen, built.batch)
@@ -204,21 +193,29 @@ def jax_worker(spec: Mapping[str, Any]) -> dict[str, Any]:
     times = _timed(one_step, int(spec["iters"]))
     if holder["metrics"] is not None:
       finite = finite and float(holder["metrics"]["finite"]) > 0
-    phases[phase.name] = {"step_s": statistics.median(times), "times_s": times, "flops": flops,
-                          "pinned_compile_s": pin_s}
-    del holder, state
+    phases[phase.name] = {"step_s": statistics.median(times), "times_s": times}
+    del holder
     gc.collect()
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() or {}
+  flops_compiled = flops_of(compiled.cost_analysis())
+  for phase in built.phases:
+    flops, pin_s = flops_compiled, None
+    if phase.pin is not None:
+      t0 = time.perf_counter()
+      pinned = jax_steps.pinned_step(built, phase).lower(built.abstract_state, built.frozen,
+                                                         built.batch).compile()
+      flops, pin_s = flops_of(pinned.cost_analysis()), time.perf_counter() - t0
+    phases[phase.name].update(flops=flops, pinned_compile_s=pin_s)
   step_s = statistics.fmean(p["step_s"] for p in phases.values())
   flops_list = [p["flops"] for p in phases.values()]
   flops = statistics.fmean(flops_list) if all(flops_list) else None
-  dev = jax.devices()[0]
-  stats = dev.memory_stats() or {}
   peak = peak_flops(dev.device_kind, spec["dtype"])
   return {
       "ok": True, "batch": built.batch_size, "build_s": build_s, "compile_s": compile_s,
       "step_s": step_s, "clips_per_s": built.batch_size / step_s, "phases": phases,
       "flops_per_step": flops, "flops_compiled_program": flops_compiled,
-      "flops_lowered_program": flops_lowered,
+      "flops_lowered_program": flops_of(lowered.cost_analysis()),
       "achieved_flops_per_s": flops / step_s if flops else None,
       "peak_flops_per_s": peak, "mfu": mfu(flops, step_s, peak),
       "memory": {"compiled": memory_of(compiled),
@@ -232,12 +229,18 @@ def torch_worker(spec: Mapping[str, Any]) -> dict[str, Any]:
   """Times the PyTorch version of one step, eager and/or compiled (``kd_jax.bench.torch_steps``)."""
   import torch  # pylint: disable=g-import-not-at-top
   from kd_jax.bench import torch_steps  # pylint: disable=g-import-not-at-top
-  cuda = torch.cuda.is_available()
-  device = "cuda" if cuda else "cpu"
+  device = spec["device"]
+  cuda = device == "cuda"
+  if cuda and not torch.cuda.is_available():
+    return {"ok": False, "error": f"torch {torch.__version__} sees no CUDA device"}
   out: dict[str, Any] = {"ok": True, "device": device, "torch": torch.__version__}
   if spec["step"] not in torch_steps.STEPS:
     return {"ok": False, "error": "kd_jax.bench.torch_steps has no version of this step"}
   size = sizes.StepSize(**spec["size"])
+  # GenKD's PyTorch step alternates its passes every `per_pass` calls, starting with pass A; as on
+  # the JAX side, each pass's median is taken and the step is their mean.
+  per_pass = (int(getattr(torch_steps, "GENKD_STEPS_PER_PASS", 1))
+              if spec["step"] == "genkd_phase2" else 0)
   for mode in spec["modes"]:
     fn = None
     try:
@@ -250,11 +253,20 @@ def torch_worker(spec: Mapping[str, Any]) -> dict[str, Any]:
                              compile=mode == "compile", device=device, size=size)
       build_s = time.perf_counter() - t0
       first_s = _timed(fn, 1)[0]  # torch.compile compiles here
-      _timed(fn, max(0, int(spec["warmup"]) - 1))
-      times = _timed(fn, int(spec["iters"]))
-      step_s = statistics.median(times)
+      before, iters = max(1, int(spec["warmup"])), int(spec["iters"])
+      if per_pass:  # start on a pass A call, time whole A-B cycles
+        before = -(-before // (2 * per_pass)) * 2 * per_pass
+        iters = -(-iters // (2 * per_pass)) * 2 * per_pass
+      _timed(fn, before - 1)
+      times = _timed(fn, iters)
+      if per_pass:
+        passes = {p: statistics.median(t for i, t in enumerate(times) if (i // per_pass) % 2 == k)
+                  for k, p in enumerate("AB")}
+        step_s = statistics.fmean(passes.values())
+      else:
+        passes, step_s = None, statistics.median(times)
       out[mode] = {"ok": True, "build_s": build_s, "first_step_s": first_s, "step_s": step_s,
-                   "times_s": times, "clips_per_s": int(spec["batch"]) / step_s,
+                   "times_s": times, "phases": passes, "clips_per_s": int(spec["batch"]) / step_s,
                    "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}
     except Exception as e:  # pylint: disable=broad-except  # recorded per mode, the rest goes on
       out[mode] = {"ok": False, "error": _one_line(e), "oom": is_oom(e)}
@@ -364,16 +376,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = _Parser(prog=PROG, description=__doc__.split("\n", 1)[0])
+  p = _Parser(prog=PROG, description="Train-step throughput, FLOPs utilisation and memory of "
+              "kd_jax's method steps, JAX against PyTorch; see kd_jax/bench/run.py.")
   p.add_argument("--preset", choices=sorted(sizes.PRESETS), default=None,
                  help="sizes: 'paper' (the papers', default on GPU/TPU) or 'cpu' (default on CPU)")
-  p.add_argument("--steps", default=",".join(sizes.STEPS), help="comma-separated steps")
+  p.add_argument("--steps", default=",".join(sizes.STEPS),
+                 help=f"comma-separated, from {', '.join(sizes.STEPS)} (default: all)")
   p.add_argument("--dtypes", default=",".join(sizes.DTYPES), help="float32 and/or bfloat16")
   p.add_argument("--batch", default="paper",
                  help="'paper' (the papers' batch sizes), 'max' (paper and the largest that fits, "
                       "by doubling) or a number")
-  p.add_argument("--torch", default=",".join(TORCH_MODES),
-                 help="PyTorch variants: eager and/or compile, or 'none'")
+  p.add_argument("--torch", default=None,
+                 help="PyTorch variants: eager and/or compile, or 'none' (default: both on a GPU, "
+                      "eager on the CPU, where torch.compile takes minutes per step)")
   p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True,
                  help="measure the data pipeline's clips/s per worker for each step")
   p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
@@ -421,8 +436,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   args = _parser().parse_args(argv)
   args.steps = _split(args.steps, sizes.STEPS, "step")
   args.dtypes = _split(args.dtypes, sizes.DTYPES, "dtype")
-  args.torch = [] if args.torch.strip() == "none" else _split(
-      args.torch, TORCH_MODES, "--torch variant (or 'none')")
+  if args.torch is not None:
+    args.torch = [] if args.torch.strip() == "none" else _split(
+        args.torch, TORCH_MODES, "--torch variant (or 'none')")
   if args.batch not in ("paper", "max"):
     try:
       args.batch = int(args.batch)
@@ -449,10 +465,17 @@ def _versions() -> dict[str, str | None]:
   return out
 
 
-def torch_status(modes: Sequence[str]) -> str | None:
+def torch_device(backend: str) -> str | None:
+  """The PyTorch device that compares with a JAX ``backend``: the same kind, or None."""
+  return {"gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}.get(backend)
+
+
+def torch_status(modes: Sequence[str], backend: str) -> str | None:
   """Why PyTorch is not measured (None when it is)."""
   if not modes:
     return "not requested (--torch none)"
+  if torch_device(backend) is None:
+    return f"no PyTorch device of the JAX backend's kind ({backend})"
   if importlib.util.find_spec("torch") is None:
     return "torch is not installed"
   if importlib.util.find_spec("kd_jax.bench.torch_steps") is None:
@@ -478,12 +501,15 @@ class Bench:
     self.rows: list[dict[str, Any]] = []
     self.notes: list[str] = []
     self.pipelines: dict[str, Any] = {}
-    self.torch_note = torch_status(args.torch)
+    self.torch_note = torch_status(args.torch, env.get("backend", ""))
 
   def log(self, text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
   def run(self) -> None:
+    if not self.args.isolate and self.env.get("device_memory_bytes"):
+      self._note("measured in one process (--no-isolate): the device's peak memory is the "
+                 "running maximum over the measurements so far")
     for step in self.args.steps:
       size = sizes.size_of(step, self.args.preset, **self.args.size)
       pipe = None
@@ -507,7 +533,8 @@ class Bench:
     jax_r = self.launch(dict(common, kind="jax"))
     torch_r = None
     if self.torch_note is None:
-      torch_r = self.launch(dict(common, kind="torch", modes=a.torch))
+      torch_r = self.launch(dict(common, kind="torch", modes=a.torch,
+                                 device=torch_device(self.env["backend"])))
     row = {"step": step, "dtype": dtype, "batch": batch, "batch_kind": kind,
            "size": size.to_dict(), "jax": jax_r, "torch": torch_r,
            "ratio": {m: _ratio(jax_r, (torch_r or {}).get(m)) for m in a.torch}}
@@ -579,6 +606,8 @@ class Bench:
                "TFLOP/s", "MFU", "peak GiB"]
     for m in self.args.torch:
       headers += [f"torch {m} clips/s", f"JAX / {m}"]
+    if self.args.torch:
+      headers.append("torch peak GiB (" + " / ".join(self.args.torch) + ")")
     headers += ["pipeline clips/s/worker", "workers needed"]
     rows, fmt = [], report.fmt
     for r in self.rows:
@@ -589,14 +618,17 @@ class Bench:
       cells = [r["step"], r["dtype"], batch,
                fmt(j.get("clips_per_s"), 1) if j else "error",
                fmt(1e3 * j["step_s"], 1) if j else "-", fmt(j.get("compile_s"), 1),
-               fmt(j["flops_per_step"] / 1e9, 1) if j.get("flops_per_step") else "-",
-               fmt(j["achieved_flops_per_s"] / 1e12, 2) if j.get("achieved_flops_per_s") else "-",
+               _sig(j.get("flops_per_step"), 1e9), _sig(j.get("achieved_flops_per_s"), 1e12),
                fmt(j.get("mfu"), 1, percent=True) + ("%" if j.get("mfu") is not None else ""),
                fmt(peak / 2**30, 2) if peak else "-"]
+      peaks = []
       for m in self.args.torch:
         t = (r["torch"] or {}).get(m)
         cells += [fmt(t["clips_per_s"], 1) if _ok(t) else ("OOM" if t and t.get("oom") else "-"),
                   fmt(r["ratio"].get(m), 2)]
+        peaks.append(fmt(t["peak_bytes"] / 2**30, 2) if _ok(t) and t.get("peak_bytes") else "-")
+      if self.args.torch:
+        cells.append(" / ".join(peaks))
       cells += [fmt(r["pipeline_clips_per_s_per_worker"], 2), fmt(r["workers_needed"], 1)]
       rows.append(cells)
     env = self.env
@@ -612,14 +644,20 @@ class Bench:
                  "JAX clips/s / pipeline clips/s per worker.")
     if self.torch_note:
       lines.append(f"PyTorch: {self.torch_note}.")
-    errors = [f"- {r['step']} {r['dtype']} batch {r['batch']} {side}: {res['error']}"
-              for r in self.rows
-              for side, res in [("jax", r["jax"])] + [(f"torch {m}", (r["torch"] or {}).get(m))
-                                                      for m in self.args.torch]
-              if res and not res.get("ok")]
+    errors = []
+    for r in self.rows:
+      sides = [("JAX", r["jax"]), ("torch", r["torch"])]
+      sides += [(f"torch {m}", (r["torch"] or {}).get(m)) for m in self.args.torch]
+      errors += [f"- {r['step']} {r['dtype']} batch {r['batch']}, {side}: {res['error']}"
+                 for side, res in sides if res and not res.get("ok")]
     if self.notes or errors:
       lines += ["", "Notes:", ""] + [f"- {n}" for n in self.notes] + errors
     return "\n".join(lines) + "\n"
+
+
+def _sig(value: float | None, unit: float) -> str:
+  """``value / unit`` to 3 significant digits (GFLOP per step spans 0.01 to 10^4), or '-'."""
+  return "-" if not value else f"{value / unit:.3g}"
 
 
 def environment(env: Mapping[str, Any], argv: Sequence[str] | None) -> dict[str, Any]:
@@ -646,6 +684,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe.pop("ok")
     env = environment(probe, argv)
     args.preset = args.preset or ("cpu" if env["backend"] == "cpu" else "paper")
+    if args.torch is None:
+      args.torch = list(TORCH_MODES) if env["backend"] != "cpu" else ["eager"]
     warmup, iters = DEFAULT_ITERS[args.preset]
     args.warmup = warmup if args.warmup is None else args.warmup
     args.iters = iters if args.iters is None else args.iters
@@ -659,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(text)
   print(text)
-  print(f"results: {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'results.md')}")
+  print(f"results: {os.path.join(args.out, 'results.json')} and results.md")
   return 0 if all(_ok(r["jax"]) for r in bench.rows) else 1
 
 

@@ -10,16 +10,16 @@ The steps (one full training step each: forward, backward, optimiser update, on 
   BatchNorm ``data_bn``, 3 channels) and the I-frame network (ResNet-50); Adam (eps 1e-3) with
   coupled L2 1e-4 and the per-group learning-rate multipliers.
 * ``pkd_ic_r18`` / ``pkd_ic_r50``: PKD stage 2, IC1..IC3 trained with PKD on the frozen backbone of
-  the residual network (ResNet-18) / I-frame network (ResNet-50), in the curriculum's first phase:
-  the teacher is the frozen motion-vector network (ResNet-18, 2-channel input, eval mode) on the MV
-  segments, so the step runs two frozen forward passes and trains only the heads (pkd_wise.md 4.2,
-  6.2); Adam eps 1e-3, no weight decay.
+  the residual network (ResNet-18) / I-frame network (ResNet-50), in the curriculum's last and
+  longest phase (epochs 100-300 of 300), where the network's own final classifier is the teacher:
+  one frozen forward pass (eval mode), the heads trained with ``progressive_kd_loss`` (T = 1)
+  (pkd_wise.md 4.2, 6.2); Adam eps 1e-3, no weight decay.
 * ``genkd_phase2``: GenKD phase 2, the Top-I3D student with its attention head and CVAE against the
-  frozen I3D teacher (with its own attention head and CVAE), generative and attention distillation on
-  (genkd.md 5, 6). An epoch alternates a CVAE pass (pass A: student forward, CVAE trained with Adam,
-  teacher CVAE on the student's features) and a network pass (pass B: student trained with SGD,
-  frozen CVAE reconstruction, teacher forward for attention distillation) of equally many steps;
-  both are timed, and the step's figures are their mean.
+  frozen I3D teacher (with its own attention head and CVAE), generative and attention distillation
+  on (genkd.md 5, 6). An epoch alternates a CVAE pass (pass A: student forward, CVAE trained with
+  Adam, teacher CVAE on the student's features) and a network pass (pass B: student trained with
+  SGD, frozen CVAE reconstruction, teacher forward for attention distillation) of equally many
+  steps; both are timed, and the step's figures are their mean.
 * ``spectral_r18_r50``: the spectral method's student step, TSM-ResNet-18 student and frozen
   TSM-ResNet-50 teacher on 8 segments, every term on (CE, logit KD, temporal spectrum of ``layer4``
   through the 1x1 adapter, DCT kernel-frequency distribution of stages 1-4), learned uncertainty
@@ -39,18 +39,19 @@ STEPS: tuple[str, ...] = ("pkd_backbone_r18", "pkd_backbone_r50", "pkd_ic_r18", 
                           "genkd_phase2", "spectral_r18_r50")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
-# The networks of each step, as the keys of `param_count` on both sides.
+# The keys of `param_count` on both sides. `student`: the network the step trains or, for PKD's
+# IC stage, whose frozen backbone the heads read; `teacher`: the frozen teacher network, 0 when the
+# step has none (PKD: the backbone stage, and the IC stage's own-classifier phase); `heads`: IC1-3;
+# GenKD's `attention` / `cvae`: the student's attention head and CVAE, its `teacher` the I3D with
+# its own attention head and CVAE; spectral's `adapter`: the 1x1 spectrum adapter (the 4 learned
+# uncertainty log-variances are not counted).
 NETWORKS: dict[str, tuple[str, ...]] = {
-    "pkd_backbone_r18": ("backbone",),
-    "pkd_backbone_r50": ("backbone",),
-    # heads trained; the step's backbone and the MV teacher frozen
-    "pkd_ic_r18": ("ic_heads", "backbone", "teacher"),
-    "pkd_ic_r50": ("ic_heads", "backbone", "teacher"),
-    # student backbone (with its classifier), attention head and CVAE; the teacher's three, frozen
-    "genkd_phase2": ("student", "attention", "cvae", "teacher", "teacher_attention",
-                     "teacher_cvae"),
-    # TSM-R18 student, 1x1 spectrum adapter, the 4 uncertainty log-variances; frozen TSM-R50
-    "spectral_r18_r50": ("student", "adapter", "log_vars", "teacher"),
+    "pkd_backbone_r18": ("student", "teacher"),
+    "pkd_backbone_r50": ("student", "teacher"),
+    "pkd_ic_r18": ("student", "teacher", "heads"),
+    "pkd_ic_r50": ("student", "teacher", "heads"),
+    "genkd_phase2": ("student", "attention", "cvae", "teacher"),
+    "spectral_r18_r50": ("student", "teacher", "adapter"),
 }
 
 
@@ -63,9 +64,11 @@ class StepSize:
       length for GenKD (64; at least 16, the I3D head needs a time step after the 8x reduction).
     crop: side of the square input (224 at paper size).
     num_classes: 101 (UCF-101) for PKD and GenKD, 174 (Something-Something V2) for spectral.
-    width: channel multiplier: 1.0 is the real network. ResNets get ``round(64 * width)`` first-stage
-      planes (IC heads scale with them), I3D and Top-I3D ``width`` on every layer and the GenKD
-      attention head ``512 * width`` hidden channels (a multiple of 32, its GroupNorm groups).
+    width: channel multiplier: 1.0 is the real network. ResNets get ``round(64 * width)``
+      first-stage planes (IC heads scale with them), I3D and Top-I3D ``width`` on every layer, the
+      GenKD attention head ``round(512 * width)`` hidden channels (its GroupNorm(32) needs a
+      multiple of 32, as the CVAE does of I3D's scaled ``Mixed_5c`` channels: 1, 1/2, 1/4, 1/8 and
+      1/16 work).
   """
 
   frames: int
@@ -103,18 +106,20 @@ PAPER: dict[str, StepSize] = {
     "spectral_r18_r50": StepSize(frames=8, crop=224, num_classes=174),
 }
 
-# The CPU preset: every step compiles and runs a few steps in about a minute or two on a 2-core CPU
-# (measured in the float32 and bfloat16 rows of `python -m kd_jax.bench --preset cpu`). Reductions
-# from PAPER: 2D steps at 112x112 crops with real widths; GenKD 16 frames (the I3D minimum) at
-# 112x112 with half-width I3D / Top-I3D; spectral 4 segments at 112x112 with half-width networks.
-# Batches stay the papers' unless --batch says otherwise.
+# The CPU preset, at the papers' batch sizes: every step compiles and runs a few steps in a minute
+# or two on a 2-core CPU (GenKD about three: 100 s of it compile its two-pass program, at any size).
+# XLA reaches 5-15 GFLOP/s there (GenKD's 3D backward pass under 2), so steps must stay far below
+# real size (ResNet-50 at 112x112, batch 40 of 3 segments, real width: 730 GFLOP, 54 s a step).
+# Reductions from PAPER: 2D steps at 112x112 with a quarter of the width (16 first-stage planes),
+# spectral 4 segments instead of 8; GenKD 16 frames (the least the I3D head takes) at 64x64 and a
+# quarter of the width (Mixed_5c 256 channels, attention head 128 wide).
 CPU: dict[str, StepSize] = {
-    "pkd_backbone_r18": _PKD.replace(crop=112),
-    "pkd_backbone_r50": _PKD.replace(crop=112),
-    "pkd_ic_r18": _PKD.replace(crop=112),
-    "pkd_ic_r50": _PKD.replace(crop=112),
-    "genkd_phase2": StepSize(frames=16, crop=112, num_classes=101, width=0.5),
-    "spectral_r18_r50": StepSize(frames=4, crop=112, num_classes=174, width=0.5),
+    "pkd_backbone_r18": _PKD.replace(crop=112, width=0.25),
+    "pkd_backbone_r50": _PKD.replace(crop=112, width=0.25),
+    "pkd_ic_r18": _PKD.replace(crop=112, width=0.25),
+    "pkd_ic_r50": _PKD.replace(crop=112, width=0.25),
+    "genkd_phase2": StepSize(frames=16, crop=64, num_classes=101, width=0.25),
+    "spectral_r18_r50": StepSize(frames=4, crop=112, num_classes=174, width=0.25),
 }
 
 PAPER_BATCH: dict[str, int] = {
