@@ -2,21 +2,12 @@
 
 On GPU and TPU XLA's defaults apply and only the cache is used. On the CPU, compilation dominates
 short runs (tests, ``:smoke`` configs, quickstarts), so ``config.train.cpu_compile`` picks one of
-:data:`CPU_PRESETS`. Measured on a 2-core x86 CPU with jax 0.10.2 (tiny networks, batch 8,
-one jitted forward+backward, ``python -m kd_jax.bench.compile_time``):
-
-============== ========================= ========================= =========================
-network        ``default`` compile, step ``fast`` compile, step    ``fastest`` compile, step
-============== ========================= ========================= =========================
-Top-I3D tiny   20.6 s, 196 ms            16.9 s, 169 ms            5.3 s, 401 ms
-I3D tiny       25.4 s, 861 ms            17.9 s, 737 ms            4.0 s, 1035 ms
-TSM-R18 tiny   3.1 s, 22 ms              2.5 s, 22 ms              0.9 s, 348 ms
-TSM-R50 tiny   5.4 s, 62 ms              2.5 s, 58 ms              1.1 s, 1203 ms
-============== ========================= ========================= =========================
-
-``fast`` (XLA's older fusion emitters) compiles faster at no step cost, so it is the CPU default;
-``fastest`` (also LLVM optimisation level 0) suits runs of a few steps of 3D networks only.
-Initialisation programs run once, so they always compile with ``fastest`` on the CPU.
+:data:`CPU_PRESETS`: ``fast`` (XLA's older fusion emitters) compiles up to 2x faster than XLA's
+default, with steps within 20 % of its speed, so it is the CPU default; ``fastest`` (also LLVM optimisation
+level 0) compiles I3D-sized programs about 3x faster again but runs steps 1.4-10x slower, which suits
+runs of a few steps only. Initialisation programs run once, so they always compile with ``fastest``
+on the CPU. ``python -m kd_jax.bench.compile_time`` measures the trade; docs/benchmarks.md has the
+figures of a 2-core x86 CPU.
 """
 
 from __future__ import annotations
@@ -69,5 +60,9 @@ def compiler_options(preset: str | None = None) -> dict[str, Any] | None:
 
 
 def jit(fn: Callable[..., Any], *, preset: str | None = None, **kwargs: Any) -> Any:
-  """``jax.jit`` with the configured compiler options (``preset`` overrides the CPU preset)."""
+  """``jax.jit`` with the configured compiler options (``preset`` overrides the CPU preset).
+
+  For outermost functions only: JAX refuses compiler options on a jit nested in another, so a
+  function meant to be called inside other jitted code takes a plain ``jax.jit``.
+  """
   return jax.jit(fn, compiler_options=compiler_options(preset), **kwargs)
