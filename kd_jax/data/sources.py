@@ -58,6 +58,30 @@ class Splits(NamedTuple):
     """``NAME/CONFIG``, e.g. ``ucf101/split1`` or ``synthetic_actions/c12_24x12_f24_48x64``."""
     return f"{self.builder.name}/{self.builder.builder_config.name}"
 
+  @property
+  def description(self) -> str:
+    """``NAME/CONFIG: N train / M eval videos, K classes``, as the methods print it."""
+    return (f"{self.name}: {len(self.train)} train / {len(self.eval)} eval videos, "
+            f"{len(self.class_names)} classes")
+
+
+def open_data_config(data: Any, *, sized: bool) -> Splits:
+  """:func:`open_splits` of a method's ``config.data`` block (fields ``name``, ``config``,
+  ``data_dir``, ``synthetic``, ``auto_prepare``, ``prepare_workers``, ``train_split``,
+  ``eval_split``); ``sized``: a ``synthetic_actions`` of the size in ``data.synthetic``."""
+  return open_splits(
+      data.name, data.config, data_dir=data.data_dir,
+      synthetic=data.synthetic.to_dict() if sized else None, auto_prepare=data.auto_prepare,
+      prepare_workers=data.prepare_workers, train_split=data.train_split,
+      eval_split=data.eval_split)
+
+
+def parse_flip(value: str) -> bool | None:
+  """``config.data.flip``: 'auto' (the dataset decides: None), 'on' or 'off'."""
+  if value not in ("auto", "on", "off"):
+    raise DatasetError(f"config.data.flip must be auto, on or off, got {value!r}")
+  return {"auto": None, "on": True, "off": False}[value]
+
 
 def open_splits(name: str, config: str | None = None, *, data_dir: str | None = None,
                 synthetic: Mapping[str, int] | None = None, auto_prepare: bool = False,

@@ -477,22 +477,14 @@ def load_data(dcfg: ml_collections.ConfigDict) -> Data:
   # config 'custom': a synthetic_actions of the size in data.synthetic.
   sized = dcfg.name == "synthetic_actions" and dcfg.config == "custom"
   try:
-    opened = sources.open_splits(
-        dcfg.name, dcfg.config, data_dir=dcfg.data_dir,
-        synthetic=dcfg.synthetic.to_dict() if sized else None, auto_prepare=dcfg.auto_prepare,
-        prepare_workers=dcfg.prepare_workers, train_split=dcfg.train_split,
-        eval_split=dcfg.eval_split)
+    opened = sources.open_data_config(dcfg, sized=sized)
+    flip = sources.parse_flip(dcfg.flip)
   except common.DatasetError as e:
     raise UserError(str(e)) from None
-  flip = {"auto": None, "on": True, "off": False}.get(dcfg.flip, "bad")
-  if flip == "bad":
-    raise UserError(f"config.data.flip must be auto, on or off, got {dcfg.flip!r}")
   spec = pipeline.make_spec("rgb_clip", clip_len=dcfg.clip_len, crop_size=dcfg.crop_size,
                             resize_size=dcfg.resize_size or None, flip=flip)
   names = opened.class_names
-  desc = (f"{opened.name}: {len(opened.train)} train / {len(opened.eval)} eval videos, "
-          f"{len(names)} classes")
-  return Data(opened.train, opened.eval, len(names), spec, desc)
+  return Data(opened.train, opened.eval, len(names), spec, opened.description)
 
 
 class _EvalBatches:
