@@ -199,6 +199,8 @@ def main(argv: list[str]) -> None:
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.default_backend())
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  if "://" not in workdir:  # orbax refuses relative checkpoint paths
+    workdir = os.path.abspath(workdir)
   if jax.process_index() == 0:
     _write_config(config, workdir)
   logging.info("kd_jax: method %s, workdir %s", method_name, workdir)

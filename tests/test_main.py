@@ -124,3 +124,17 @@ def test_smoke_run_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads((workdir / "config.1.json").read_text())["smoke"]["num_steps"] == 150
   assert json.loads((workdir / "config.json").read_text())["smoke"]["num_steps"] == 2
+
+
+def test_relative_workdir_checkpoints_and_resumes(tmp_path):
+  """A relative --workdir (the default one is) lands under the current directory; orbax needs an
+  absolute checkpoint path, which the command line makes of it."""
+  cmd = [sys.executable, "-m", "kd_jax.main", "--config", str(REPO / "configs" / "smoke.py"),
+         "--workdir", "runs/rel", "--config.smoke.num_steps=4", "--config.smoke.num_test=10",
+         "--config.train.checkpoint_every=2"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  for _ in range(2):  # the second run finds the finished stages in the same place
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / "runs" / "rel" / "checkpoints" / "teacher" / "4").is_dir()
+  assert proc.stderr.count("finished earlier") == 3

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 import dataclasses
 import json
+import os
 import signal
 import threading
 import time
@@ -130,7 +131,8 @@ class Runner:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | epath.Path):
     self.config = config
-    self.workdir = epath.Path(workdir)
+    # orbax refuses relative checkpoint paths; URLs (gs://...) are absolute already.
+    self.workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
     compilation.configure(config.get("train", {}))
     self.mesh = mesh_lib.make_mesh(config.get("mesh", {}).get("num_devices", -1))
     self.writer = metrics_lib.MetricWriter(self.workdir)
