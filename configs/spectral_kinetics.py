@@ -31,21 +31,6 @@ NUM_TRAIN = 240_436  # Kinetics-400 train clips in the official list (fewer once
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", "r18", "smoke"):
-    raise ValueError(f"configs/spectral_kinetics.py has no variant {arg!r}; use '', 'r18' or "
-                     "'smoke'")
-  config = spectral.base_config()
-  config.data.name = "kinetics400"
-  config.data.config = "default"
-  config.data.eval_split = "validation"
-  config.data.flip = "on"
-  config.data.num_workers = 8
-  config = spectral.tsm_recipe(config, num_train=NUM_TRAIN, epochs=50, batch=128, lr=0.02,
-                               weight_decay=1e-4)
-  config.ablation = ("ce", "kd", "spec", "param", "all")
-  if arg == "r18":
-    config.student.model = "tsm_resnet18"
-  if arg == "smoke":
-    config = spectral.smoke_variant(config)
-    config.data.num_workers = 0
-  return config
+  return spectral.paper_config(
+      arg, config_file="configs/spectral_kinetics.py", dataset="kinetics400", flip="on",
+      num_train=NUM_TRAIN, epochs=50, batch=128, lr=0.02, weight_decay=1e-4)

@@ -28,20 +28,6 @@ NUM_TRAIN = 168_913  # Something-Something V2 train videos
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", "r18", "smoke"):
-    raise ValueError(f"configs/spectral_ssv2.py has no variant {arg!r}; use '', 'r18' or 'smoke'")
-  config = spectral.base_config()
-  config.data.name = "something_something_v2"
-  config.data.config = "default"
-  config.data.eval_split = "validation"
-  config.data.flip = "off"
-  config.data.num_workers = 8
-  config = spectral.tsm_recipe(config, num_train=NUM_TRAIN, epochs=50, batch=64, lr=0.01,
-                               weight_decay=5e-4)
-  config.ablation = ("ce", "kd", "spec", "param", "all")
-  if arg == "r18":
-    config.student.model = "tsm_resnet18"
-  if arg == "smoke":
-    config = spectral.smoke_variant(config)
-    config.data.num_workers = 0
-  return config
+  return spectral.paper_config(
+      arg, config_file="configs/spectral_ssv2.py", dataset="something_something_v2", flip="off",
+      num_train=NUM_TRAIN, epochs=50, batch=64, lr=0.01, weight_decay=5e-4)

@@ -208,6 +208,30 @@ def smoke_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return config
 
 
+def paper_config(arg: str | None, *, config_file: str, dataset: str, flip: str, num_train: int,
+                 epochs: int, batch: int, lr: float, weight_decay: float
+                 ) -> ml_collections.ConfigDict:
+  """A paper config (``configs/spectral_{ssv2,jester,kinetics}.py``) and its variants: '' (the
+  TSM-MobileNetV2 student), 'r18' (TSM-ResNet-18 student) and 'smoke' (:func:`smoke_variant`)."""
+  if arg not in (None, "", "r18", "smoke"):
+    raise ValueError(f"{config_file} has no variant {arg!r}; use '', 'r18' or 'smoke'")
+  config = base_config()
+  config.data.name = dataset
+  config.data.config = "default"
+  config.data.eval_split = "validation"
+  config.data.flip = flip
+  config.data.num_workers = 8
+  config = tsm_recipe(config, num_train=num_train, epochs=epochs, batch=batch, lr=lr,
+                      weight_decay=weight_decay)
+  config.ablation = ("ce", "kd", "spec", "param", "all")
+  if arg == "r18":
+    config.student.model = "tsm_resnet18"
+  if arg == "smoke":
+    config = smoke_variant(config)
+    config.data.num_workers = 0
+  return config
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernel pairing (parameter distillation).
 
