@@ -3,6 +3,7 @@ r"""GenKD on HMDB-51 (split 1): as ``configs/genkd_ucf101.py`` with 51 classes.
   python -m kd_jax.models.convert rgb_imagenet.pt runs/i3d_rgb_imagenet --model i3d
   python -m kd_jax.main --config configs/genkd_hmdb51.py \
       --config.teacher.checkpoint=runs/i3d_rgb_imagenet [--workdir runs/genkd_hmdb51]
+  python -m kd_jax.main --config configs/genkd_hmdb51.py:smoke   # CPU check on the prepared data
 
 Data: ``python -m kd_jax.data.prepare hmdb51/split1 --manual_dir DIR`` first (docs/data.md).
 The class count comes from the dataset (51): the official code's hard-coded
@@ -12,7 +13,7 @@ scales frames to a short side of 240 before cropping; the prepared records are u
 
 Hyper-parameters and cost as ``configs/genkd_ucf101.py`` (3.6k training clips per split, so about
 40 % of its time).
-Variants: none.
+Variants: ``smoke``, as ``configs/genkd_ucf101.py``'s.
 """
 
 import ml_collections
@@ -21,8 +22,4 @@ from kd_jax.methods import genkd
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, ""):
-    raise ValueError(f"configs/genkd_hmdb51.py has no variant {arg!r}")
-  config = genkd.base_config()
-  config.data.name, config.data.config = "hmdb51", "split1"
-  return config
+  return genkd.paper_config(arg, config_file="configs/genkd_hmdb51.py", dataset="hmdb51/split1")

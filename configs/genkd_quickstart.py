@@ -60,11 +60,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.cls_loss = "mean_logits"
   if arg == "smoke":
     d.config = "tiny"
-    d.crop_size, d.resize_size = 32, 36
-    for block in (config.teacher, config.student):
-      block.epochs = 1
-      block.batch_size = 4
-    config.train.log_every = 1
-    # A few steps of 3D networks: compile time dominates, so LLVM at -O0 (CPU only).
-    config.train.cpu_compile = "fastest"
+    config = genkd.smoke_variant(config)
   return config

@@ -17,6 +17,7 @@ import optax
 import pytest
 
 from kd_jax.methods import genkd
+from subprocess_env import single_device_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,10 +201,7 @@ def test_gradient_flow_matches_the_spec_table(tiny_genkd, term_grads):
 def _cli(workdir, data_dir, **kwargs):
   cmd = [sys.executable, "-m", "kd_jax.main", "--config", "configs/genkd_quickstart.py:smoke",
          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if "device_count" not in f)
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+  return subprocess.Popen(cmd, cwd=REPO, env=single_device_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, **kwargs)
 
 

@@ -887,3 +887,41 @@ def base_config() -> ml_collections.ConfigDict:
       kl_weight=0.1, rec_max_weight=0.5, rec_ramp_epochs=20, rec_detach_target=False,
       gd_variant="v8", gd_weight=0.01, ad_weight=0.1, use_gd=True, use_ad=True))
   return config
+
+
+def smoke_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Tiny networks on 16x32x32 clips, one epoch per stage at batch 4: a CPU check of a config.
+
+  Keeps the config's data and losses; the networks train with Adam from scratch (SGD at the
+  paper's rate would not move them in a few steps) and compile with the cheapest CPU preset.
+  """
+  d = config.data
+  d.clip_len, d.crop_size, d.resize_size = 16, 32, 36
+  d.num_workers, d.read_threads, d.cache_eval = 0, 1, True
+  for block in (config.teacher, config.student):
+    block.kwargs = ml_collections.ConfigDict(dict(tiny=True))
+    block.epochs, block.batch_size, block.eval_every_epochs = 1, 4, 1
+    block.optimizer = train.optimizer_config(name="adam", learning_rate=2e-3, weight_decay=5e-4)
+    block.cvae_optimizer = train.optimizer_config(name="adam", learning_rate=1e-3, b1=0.8)
+  config.teacher.checkpoint = ""
+  config.attention.kwargs = ml_collections.ConfigDict(dict(tiny=True))
+  config.train.log_every = 1
+  config.train.checkpoint_every = 100
+  # A few steps of 3D networks: compile time dominates, so LLVM at -O0 (CPU only).
+  config.train.cpu_compile = "fastest"
+  return config
+
+
+def paper_config(arg: str | None, *, config_file: str, dataset: str
+                 ) -> ml_collections.ConfigDict:
+  """A paper config (``configs/genkd_{ucf101,hmdb51}.py``): the official settings on ``dataset``
+  (a prepared ``name/config``, e.g. ``'hmdb51/split1'``), or with ``arg='smoke'``
+  :func:`smoke_variant` of them."""
+  if arg not in (None, "", "smoke"):
+    raise ValueError(f"{config_file} has no variant {arg!r}; use no variant or ':smoke'")
+  config = base_config()
+  config.data.name, config.data.config = dataset.split("/")
+  if arg == "smoke":
+    config = smoke_variant(config)
+  return config
+
