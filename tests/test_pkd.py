@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -105,6 +106,16 @@ def test_host_init_matches_the_model_variables():
   a = pkd.init_heads(nets["mv"], 32, 3)[0]
   b = pkd.init_heads(nets["mv"], 32, 3)[0]
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_ic_heads_follow_the_backbone_dtype():
+  config = pkd.default_config()
+  for name in pkd.NETWORKS:
+    config.networks[name].model_kwargs = {"width": 8, "stage_sizes": (1, 1, 1, 1)}
+  config.networks["mv"].model_kwargs.dtype = "bfloat16"
+  nets = pkd.build_networks(config, 5)
+  assert jnp.dtype(nets["mv"].heads.dtype) == jnp.bfloat16
+  assert jnp.dtype(nets["iframe"].heads.dtype) == jnp.float32
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -146,6 +146,15 @@ def test_spectrum_variants_match_numpy_and_complex_equals_fitnets():
   assert got == pytest.approx(np.mean((s - t) ** 2), rel=1e-4)
 
 
+def test_adapter_computes_in_the_student_dtype():
+  s = jnp.ones((2, 4, 6), jnp.bfloat16)
+  for use_bn in (False, True):
+    adapter = spectral.SpectrumAdapter(10, use_bn=use_bn, dtype=jnp.bfloat16)
+    v = adapter.init(jax.random.key(0), s, train=False)
+    assert adapter.apply(v, s, train=False).dtype == jnp.bfloat16
+    assert v["params"]["proj"]["kernel"].dtype == jnp.float32
+
+
 def test_adapter_maps_student_channels_to_teacher_channels_and_learns():
   rng = np.random.default_rng(4)
   s = jnp.asarray(rng.normal(size=(2, 8, 3, 3, 6)), jnp.float32)

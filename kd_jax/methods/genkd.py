@@ -335,84 +335,102 @@ def _features(nets: Networks, backbone, batch_stats, x, *, train: bool):
 
 
 def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
-                 teacher: Networks | None = None):
-  """The engine loss ``loss_fn(params, model_state, frozen, batch, rng)`` of a GenKD stage.
+                 teacher: Networks | None = None) -> train.Switch:
+  """The engine loss of a GenKD stage: a :class:`~kd_jax.train.Switch` of pass A and pass B.
 
-  ``teacher`` (phase 2) makes the step read ``frozen = {'teacher': {'backbone': {'params',
-  'batch_stats'}, 'attention_head', 'cvae'}, 'use_gd': f32, 'use_ad': f32}``; the switches are
-  runtime values, so a baseline (both 0) and a distilled run compile to the same program, and a
-  term that is off skips its teacher computation (``lax.cond``).
+  Each branch is ``loss_fn(params, model_state, frozen, batch, rng)``; the pass is read from
+  ``model_state['count']``. ``teacher`` (phase 2) makes the step read ``frozen = {'teacher':
+  {'backbone': {'params', 'batch_stats'}, 'attention_head', 'cvae'}, 'use_gd': f32, 'use_ad':
+  f32}``; the switches are runtime values, so a baseline (both 0) and a distilled run compile to
+  the same program, and a term that is off skips its teacher computation (``lax.cond``). The
+  ``cond`` computes only the teacher's side, from values without gradient, so differentiating the
+  step never linearises it.
   """
   f32 = jnp.float32
+  zero = jnp.zeros([], f32)
 
-  def loss_fn(params, model_state, frozen, batch, rng):
+  def common(model_state, rng):
     count = model_state["count"]
-    phase, epoch = pass_and_epoch(count, steps_per_pass)
-    k_drop, k_rep, k_prior, k_t = jax.random.split(rng, 4)
+    _, epoch = pass_and_epoch(count, steps_per_pass)
+    extra = {"epoch": epoch.astype(f32), "count": count + 1}
+    return extra, jax.random.split(rng, 4)
+
+  def finish(loss, terms, batch_stats, extra, phase):
+    metrics = dict(terms, **{"pass": jnp.asarray(phase, f32), "epoch": extra["epoch"]})
+    return loss, (metrics, {"batch_stats": batch_stats, "count": extra["count"]})
+
+  def if_on(switch, fn, like):
+    """``fn()`` when the runtime switch is on, zeros of ``like``'s shape otherwise."""
+    shape, dtype = like.shape, like.dtype  # not ``like`` itself: it would become an operand
+    return jax.lax.cond(switch > 0, fn, lambda: jnp.zeros(shape, dtype))
+
+  def pass_a(params, model_state, frozen, batch, rng):
+    extra, (_, k_rep, _, k_t) = common(model_state, rng)
+    x = batch["video"]
+    net = jax.lax.stop_gradient(params["net"])
+    f, bs = _features(nets, net["backbone"], model_state["batch_stats"], x, train=True)
+    a = nets.head.apply({"params": net["attention_head"]}, f)
+    out = nets.cvae.apply({"params": params["cvae"]}, f, a, mode="posterior",
+                          rngs={"reparam": k_rep})
+    l_cvae = losses.cvae_loss(f, out.reconstruction, out.mean, out.log_var, a,
+                              kl_weight=lc.kl_weight).mean()
+    l_gd = zero
+    if teacher is not None:
+      t = frozen["teacher"]
+
+      def teacher_reconstruction():
+        if lc.gd_variant == "v8":  # the teacher CVAE on the student's F and A (released code)
+          return teacher.cvae.apply({"params": t["cvae"]}, f, a, mode="posterior",
+                                    rngs={"reparam": k_t}).reconstruction
+        # dev v2: Dec_t(A_t + eps, A_t) on the teacher's own features and attention
+        t_f, _ = _features(teacher, t["backbone"]["params"], t["backbone"]["batch_stats"], x,
+                           train=False)
+        t_a = teacher.head.apply({"params": t["attention_head"]}, t_f)
+        return teacher.cvae.apply({"params": t["cvae"]}, t_f, t_a, mode="prior",
+                                  rngs={"prior": k_t}).reconstruction
+
+      t_rec = if_on(frozen["use_gd"], teacher_reconstruction, out.reconstruction)
+      l_gd = jnp.where(frozen["use_gd"] > 0,
+                       losses.generative_distillation_loss(out.reconstruction, t_rec).mean(), zero)
+    loss = l_cvae + lc.gd_weight * l_gd
+    terms = dict(cvae=l_cvae, gd=l_gd, cls=zero, rec=zero, rec_weight=zero, ad=zero)
+    return finish(loss, terms, bs, extra, PASS_A)
+
+  def pass_b(params, model_state, frozen, batch, rng):
+    extra, (k_drop, _, k_prior, _) = common(model_state, rng)
     x, labels = batch["video"], batch["label"]
-    zero = jnp.zeros([], f32)
+    cvae = jax.lax.stop_gradient(params["cvae"])
+    backbone = params["net"]["backbone"]
+    f, bs = _features(nets, backbone, model_state["batch_stats"], x, train=True)
+    a = nets.head.apply({"params": params["net"]["attention_head"]}, f)
+    logits = nets.net.apply({"params": backbone}, foreground(f, a, scope=lc.renorm_scope),
+                            train=True, method="classify", rngs={"dropout": k_drop})
+    l_cls = classification_loss(logits, labels, lc.cls_loss).mean()
+    rec = nets.cvae.apply({"params": cvae}, f, a, mode="prior",
+                          rngs={"prior": k_prior}).reconstruction
+    target = jax.lax.stop_gradient(f) if lc.rec_detach_target else f
+    l_rec = jnp.mean(jnp.square(rec.astype(f32) - target.astype(f32)))
+    w = reconstruction_weight(extra["epoch"], kind=lc.rec_ramp, max_weight=lc.rec_max_weight,
+                              ramp_epochs=lc.rec_ramp_epochs)
+    l_ad = zero
+    if teacher is not None:
+      t = frozen["teacher"]
 
-    def pass_a():
-      net = jax.lax.stop_gradient(params["net"])
-      f, bs = _features(nets, net["backbone"], model_state["batch_stats"], x, train=True)
-      a = nets.head.apply({"params": net["attention_head"]}, f)
-      out = nets.cvae.apply({"params": params["cvae"]}, f, a, mode="posterior",
-                            rngs={"reparam": k_rep})
-      l_cvae = losses.cvae_loss(f, out.reconstruction, out.mean, out.log_var, a,
-                                kl_weight=lc.kl_weight).mean()
-      l_gd = zero
-      if teacher is not None:
-        t = frozen["teacher"]
+      def teacher_attention():
+        t_f, _ = _features(teacher, t["backbone"]["params"], t["backbone"]["batch_stats"], x,
+                           train=False)
+        return teacher.head.apply({"params": t["attention_head"]}, t_f)
 
-        def gd():
-          if lc.gd_variant == "v8":  # the teacher CVAE on the student's F and A (released code)
-            t_rec = teacher.cvae.apply({"params": t["cvae"]}, f, a, mode="posterior",
-                                       rngs={"reparam": k_t}).reconstruction
-          else:  # dev v2: Dec_t(A_t + eps, A_t) on the teacher's own features and attention
-            t_f, _ = _features(teacher, t["backbone"]["params"], t["backbone"]["batch_stats"], x,
-                               train=False)
-            t_a = teacher.head.apply({"params": t["attention_head"]}, t_f)
-            t_rec = teacher.cvae.apply({"params": t["cvae"]}, t_f, t_a, mode="prior",
-                                       rngs={"prior": k_t}).reconstruction
-          return losses.generative_distillation_loss(out.reconstruction, t_rec).mean()
+      t_a = if_on(frozen["use_ad"], teacher_attention, a)
+      l_ad = jnp.where(frozen["use_ad"] > 0,
+                       losses.attention_distillation_loss(a, t_a).mean(), zero)
+    loss = l_cls + w * l_rec + lc.ad_weight * l_ad
+    terms = dict(cvae=zero, gd=zero, cls=l_cls, rec=l_rec, rec_weight=w, ad=l_ad)
+    return finish(loss, terms, bs, extra, PASS_B)
 
-        l_gd = jax.lax.cond(frozen["use_gd"] > 0, gd, lambda: zero)
-      loss = l_cvae + lc.gd_weight * l_gd
-      return loss, dict(cvae=l_cvae, gd=l_gd, cls=zero, rec=zero, rec_weight=zero, ad=zero), bs
-
-    def pass_b():
-      cvae = jax.lax.stop_gradient(params["cvae"])
-      backbone = params["net"]["backbone"]
-      f, bs = _features(nets, backbone, model_state["batch_stats"], x, train=True)
-      a = nets.head.apply({"params": params["net"]["attention_head"]}, f)
-      logits = nets.net.apply({"params": backbone}, foreground(f, a, scope=lc.renorm_scope),
-                              train=True, method="classify", rngs={"dropout": k_drop})
-      l_cls = classification_loss(logits, labels, lc.cls_loss).mean()
-      rec = nets.cvae.apply({"params": cvae}, f, a, mode="prior",
-                            rngs={"prior": k_prior}).reconstruction
-      target = jax.lax.stop_gradient(f) if lc.rec_detach_target else f
-      l_rec = jnp.mean(jnp.square(rec.astype(f32) - target.astype(f32)))
-      w = reconstruction_weight(epoch, kind=lc.rec_ramp, max_weight=lc.rec_max_weight,
-                                ramp_epochs=lc.rec_ramp_epochs)
-      l_ad = zero
-      if teacher is not None:
-        t = frozen["teacher"]
-
-        def ad():
-          t_f, _ = _features(teacher, t["backbone"]["params"], t["backbone"]["batch_stats"], x,
-                             train=False)
-          t_a = teacher.head.apply({"params": t["attention_head"]}, t_f)
-          return losses.attention_distillation_loss(a, t_a).mean()
-
-        l_ad = jax.lax.cond(frozen["use_ad"] > 0, ad, lambda: zero)
-      loss = l_cls + w * l_rec + lc.ad_weight * l_ad
-      return loss, dict(cvae=zero, gd=zero, cls=l_cls, rec=l_rec, rec_weight=w, ad=l_ad), bs
-
-    loss, metrics, batch_stats = jax.lax.cond(phase == PASS_A, pass_a, pass_b)
-    metrics = dict(metrics, **{"pass": phase.astype(f32), "epoch": epoch.astype(f32)})
-    return loss, (metrics, {"batch_stats": batch_stats, "count": count + 1})
-
-  return loss_fn
+  return train.Switch(index=lambda model_state: pass_and_epoch(model_state["count"],
+                                                               steps_per_pass)[0],
+                      branches=(pass_a, pass_b))
 
 
 def make_eval_fn(nets: Networks, lc: LossConfig):

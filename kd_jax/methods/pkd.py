@@ -350,7 +350,9 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int) -> dict[
     try:
       backbone = models.get(cfg.model, num_classes=num_classes, **INPUT[name], **kwargs)
       width = kwargs.get("width", 8 if kwargs.get("tiny") else 64)
-      heads = models.get("ic_heads", backbone=cfg.model, num_classes=num_classes, width=width)
+      # The IC heads compute in the backbone's dtype (bfloat16 runs).
+      heads = models.get("ic_heads", backbone=cfg.model, num_classes=num_classes, width=width,
+                         dtype=kwargs.get("dtype") or "float32")
     except ValueError as e:
       raise UserError(f"networks.{name}: {e}") from None
     out[name] = Network(name, cfg, backbone, heads, kwargs)

@@ -404,12 +404,13 @@ class SpectrumAdapter(nn.Module):
 
   features: int
   use_bn: bool = False
+  dtype: Any = None  # computation dtype (the student's); parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = nn.Dense(self.features, use_bias=not self.use_bn, name="proj")(x)
+    y = nn.Dense(self.features, use_bias=not self.use_bn, dtype=self.dtype, name="proj")(x)
     if self.use_bn:
-      y = model_layers.BatchNorm(name="bn")(y, train=train)
+      y = model_layers.BatchNorm(dtype=self.dtype, name="bn")(y, train=train)
     return y
 
 
@@ -708,7 +709,8 @@ def make_setup(config: ml_collections.ConfigDict, data: Data) -> Setup:
       raise UserError(
           f"spectrum tap {layer}: teacher features {ts} and student features {ss} differ in more "
           "than channels; pick taps of equal stride or set --config.spec.pool_spatial=True")
-    adapters[layer] = SpectrumAdapter(ts[-1], use_bn=config.spec.adapter_bn)
+    adapters[layer] = SpectrumAdapter(ts[-1], use_bn=config.spec.adapter_bn,
+                                      dtype=s_feats[layer].dtype)
     feature_shapes[layer] = tuple(ss)
   pairs = []
   if config.param.reading != "none":

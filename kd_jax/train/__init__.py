@@ -13,9 +13,10 @@ from kd_jax.train.loop import Runner
 from kd_jax.train.loop import Stage
 from kd_jax.train.loop import StageResult
 from kd_jax.train.optim import optimizer_config
+from kd_jax.train.steps import Switch
 from kd_jax.train.steps import TrainState
 
 __all__ = [
     "ArrayIterator", "NonFiniteError", "Preempted", "Runner", "Stage", "StageResult",
-    "TrainState", "engine_config", "eval_batches", "optimizer_config",
+    "Switch", "TrainState", "engine_config", "eval_batches", "optimizer_config",
 ]

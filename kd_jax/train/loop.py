@@ -64,7 +64,7 @@ class Stage:
   Attributes:
     name: used for the checkpoint directory, metric names and results.
     init_fn: ``init_fn(key) -> (params, model_state)``.
-    loss_fn: see :mod:`kd_jax.train.steps`.
+    loss_fn: see :mod:`kd_jax.train.steps`; a :class:`Switch` for alternating objectives.
     optimizer: the optimizer config block (:mod:`kd_jax.train.optim`), or a function
       ``optimizer(num_steps) -> (optax transformation, learning-rate schedule for logging)`` for
       what a config block cannot say (e.g. GenKD's two optimisers taking turns).
@@ -80,7 +80,7 @@ class Stage:
 
   name: str
   init_fn: Callable[[jax.Array], tuple[Any, Any]]
-  loss_fn: steps_lib.LossFn
+  loss_fn: steps_lib.LossFn | steps_lib.Switch
   optimizer: ml_collections.ConfigDict | Callable[[int], tuple[Any, Any]]
   num_steps: int
   global_batch_size: int

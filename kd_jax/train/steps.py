@@ -11,6 +11,9 @@ targets), ``batch`` the global batch and ``rng`` this step's key. ``metrics`` is
 and jit-compiles the step once, with the state replicated, the batch split over ``'data'`` and the
 old state donated.
 
+A stage whose steps alternate between objectives (GenKD's two passes) gives a :class:`Switch`: the
+branch is picked inside the one compiled step, and each branch is differentiated on its own.
+
 Anything the loss reduces over the batch (a mean, a batch-wide renormalisation) is global across
 devices and hosts: under ``jax.jit`` the batch is one global array.
 """
@@ -34,6 +37,20 @@ LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
 # eval_fn(params, model_state, frozen, batch) -> {'logits': [B, C], optional 'teacher_logits', and
 # optional 'logits/<name>' for more classifiers, whose metrics are reported as '<name>/top1', ...}.
 EvalFn = Callable[[Any, Any, Any, Any], dict[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Switch:
+  """A loss that is one of ``branches`` at each step, picked by ``index(model_state)`` (int32).
+
+  Every branch is a :data:`LossFn` with the same outputs (the same metric names). The step takes
+  the gradient inside the chosen branch (``lax.switch`` of ``value_and_grad`` s), not of a
+  ``lax.cond`` of the losses: the same program, but tracing the linearised ``cond`` of two 3D
+  networks took 4x as long (measured on GenKD's tiny I3D: 6.6-8.1 s against 1.6-2.4 s).
+  """
+
+  index: Callable[[Any], jax.Array]
+  branches: tuple[LossFn, ...]
 
 
 @flax.struct.dataclass
@@ -66,7 +83,7 @@ def _global_norm(tree: Any) -> jax.Array:
 
 def build_steps(
     *,
-    loss_fn: LossFn,
+    loss_fn: LossFn | Switch,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     mesh: Mesh,
@@ -76,6 +93,7 @@ def build_steps(
 ) -> Steps:
   """Builds a stage's sharded ``init``, ``train`` and ``eval`` functions.
 
+  ``loss_fn`` is a :data:`LossFn` or a :class:`Switch` of them.
   ``init_fn(key) -> (params, model_state)`` initialises the trainable parameters; ``init(key)``
   runs it under jit, so the state is created already replicated on every device.
 
@@ -97,11 +115,17 @@ def build_steps(
   def train(state: TrainState, frozen, batch):
     rng = jax.random.fold_in(base_key, state.step)
 
-    def objective(params):
-      return loss_fn(params, state.model_state, frozen, batch, rng)
+    def value_and_grad(fn):
+      def objective(params):
+        return fn(params, state.model_state, frozen, batch, rng)
+      return lambda params: jax.value_and_grad(objective, has_aux=True)(params)
 
-    (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params)
+    if isinstance(loss_fn, Switch):
+      (loss, (metrics, model_state)), grads = jax.lax.switch(
+          loss_fn.index(state.model_state), [value_and_grad(f) for f in loss_fn.branches],
+          state.params)
+    else:
+      (loss, (metrics, model_state)), grads = value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = _global_norm(grads)
