@@ -12,6 +12,7 @@ import pytest
 
 from kd_jax.bench import run
 from kd_jax.bench import sizes
+from kd_jax.bench import workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny versions of each step: the fewest frames and pixels the networks take, 1/16 of the width.
@@ -63,37 +64,37 @@ def test_flops_from_cost_analysis_match_hand_counts():
   m, k, n = 64, 96, 48
   a, b = jnp.ones((m, k)), jnp.ones((k, n))
   matmul = jax.jit(lambda a, b: a @ b).lower(a, b).compile()
-  assert run.flops_of(matmul.cost_analysis()) == 2 * m * n * k
+  assert workers.flops_of(matmul.cost_analysis()) == 2 * m * n * k
 
   # NHWC conv, HWIO kernel, VALID: 2 * (B * Ho * Wo * Cout) * (kh * kw * Cin).
   x, w = jnp.ones((2, 10, 12, 3)), jnp.ones((3, 5, 3, 8))
   conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
-  flops = run.flops_of(conv.lower(x, w).compile().cost_analysis())
+  flops = workers.flops_of(conv.lower(x, w).compile().cost_analysis())
   assert flops == 2 * (2 * 8 * 8 * 8) * (3 * 5 * 3)
 
 
 def test_flops_of_reads_every_cost_analysis_shape():
-  assert run.flops_of({"flops": 10.0, "bytes accessed": 3.0}) == 10.0
-  assert run.flops_of([{"flops": 10.0}, {"flops": 5.0}]) == 15.0
-  assert run.flops_of(None) is None
-  assert run.flops_of([{"bytes accessed": 3.0}]) is None
-  assert run.flops_of({"flops": 0.0}) is None
+  assert workers.flops_of({"flops": 10.0, "bytes accessed": 3.0}) == 10.0
+  assert workers.flops_of([{"flops": 10.0}, {"flops": 5.0}]) == 15.0
+  assert workers.flops_of(None) is None
+  assert workers.flops_of([{"bytes accessed": 3.0}]) is None
+  assert workers.flops_of({"flops": 0.0}) is None
 
 
 def test_mfu_arithmetic_against_hand_computation():
-  h100 = run.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")
+  h100 = workers.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")
   assert h100 == 989.5e12
-  assert run.peak_flops("NVIDIA H100 80GB HBM3", "float32") == 494.5e12
-  assert run.peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756.5e12
-  assert run.peak_flops("NVIDIA H200", "bfloat16") == 989.5e12
-  assert run.peak_flops("NVIDIA A100-SXM4-80GB", "float32") == 156e12
-  assert run.peak_flops("TPU v5 lite", "bfloat16") == 197e12
-  assert run.peak_flops("cpu", "float32") is None
+  assert workers.peak_flops("NVIDIA H100 80GB HBM3", "float32") == 494.5e12
+  assert workers.peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756.5e12
+  assert workers.peak_flops("NVIDIA H200", "bfloat16") == 989.5e12
+  assert workers.peak_flops("NVIDIA A100-SXM4-80GB", "float32") == 156e12
+  assert workers.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert workers.peak_flops("cpu", "float32") is None
   # 4.2 TFLOP in 10 ms is 420 TFLOP/s: 42.45 % of 989.5.
-  assert run.mfu(4.2e12, 0.01, h100) == pytest.approx(420 / 989.5)
-  assert run.mfu(4.2e12, 0.01, None) is None
-  assert run.mfu(None, 0.01, h100) is None
+  assert workers.mfu(4.2e12, 0.01, h100) == pytest.approx(420 / 989.5)
+  assert workers.mfu(4.2e12, 0.01, None) is None
+  assert workers.mfu(None, 0.01, h100) is None
 
 
 def test_bad_step_name_exits_2_with_one_line():
@@ -148,8 +149,8 @@ def test_size_overrides_parse_fractions():
 
 
 def test_pipeline_worker_reports_clips_per_second_per_worker():
-  r = run.run_worker({"kind": "pipeline", "step": "pkd_ic_r18",
-                      "size": TINY["pkd_ic_r18"].to_dict()})
+  r = workers.run_worker({"kind": "pipeline", "step": "pkd_ic_r18",
+                          "size": TINY["pkd_ic_r18"].to_dict()})
   assert r["ok"], r
   assert r["clips_per_s_per_worker"] > 0 and r["modalities"] == ["mv", "residual"]
 
