@@ -17,6 +17,7 @@ import optax
 import pytest
 
 from kd_jax.methods import genkd
+from kd_jax.train import compilation
 from subprocess_env import single_device_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,8 +116,10 @@ def tiny_genkd():
   tiny = {"tiny": True}
   student = genkd.build_networks("top_i3d", tiny, tiny, 4)
   teacher = genkd.build_networks("i3d", tiny, tiny, 4)
-  s_params, s_state = jax.jit(lambda k: genkd.init_variables(student, k, CLIP))(jax.random.key(0))
-  t_params, t_state = jax.jit(lambda k: genkd.init_variables(teacher, k, CLIP))(jax.random.key(1))
+  init = lambda nets: compilation.jit(lambda k: genkd.init_variables(nets, k, CLIP),
+                                      preset="fastest")
+  s_params, s_state = init(student)(jax.random.key(0))
+  t_params, t_state = init(teacher)(jax.random.key(1))
   t_vars = genkd.teacher_variables(
       genkd.train.TrainState(step=0, params=t_params, model_state=t_state, opt_state=None))
   rng = np.random.default_rng(0)
@@ -137,21 +140,25 @@ def term_grads(tiny_genkd):
   student, teacher, params, state, t_vars, batch = tiny_genkd
   switch = genkd.make_loss_fn(student, genkd.LossConfig(), steps_per_pass=1, teacher=teacher)
 
-  def loss_fn(params, state, *args):  # the pass is picked from the count, as the engine does
-    return jax.lax.switch(switch.index(state), switch.branches, params, state, *args)
+  def terms(branch):
+    def fn(params, t_vars, count, use_gd, use_ad):
+      frozen = {"teacher": t_vars, "use_gd": use_gd, "use_ad": use_ad}
+      loss, (metrics, new_state) = branch(params, dict(state, count=count), frozen, batch,
+                                          jax.random.key(7))
+      values = jnp.stack([loss] + [metrics[k] for k in TERMS[1:]])
+      return values, (metrics, new_state)
+    return fn
 
-  def terms(params, t_vars, count, use_gd, use_ad):
-    frozen = {"teacher": t_vars, "use_gd": use_gd, "use_ad": use_ad}
-    loss, (metrics, new_state) = loss_fn(params, dict(state, count=count), frozen, batch,
-                                         jax.random.key(7))
-    values = jnp.stack([loss] + [metrics[k] for k in TERMS[1:]])
-    return values, (metrics, new_state)
-
-  jac = jax.jit(jax.jacrev(terms, argnums=(0, 1), has_aux=True))
+  # One Jacobian per pass: differentiating through the engine's lax.switch would trace both
+  # passes' linearisation for every call (minutes on a CPU); the switch's index is checked instead.
+  # LLVM at -O0 (the engine's 'fastest' CPU preset): these programs run four times.
+  jacs = [compilation.jit(jax.jacrev(terms(b), argnums=(0, 1), has_aux=True), preset="fastest")
+          for b in switch.branches]
 
   def grads(count, use_gd=1.0, use_ad=1.0):
-    (g_p, g_t), aux = jac(params, t_vars, jnp.int32(count), jnp.float32(use_gd),
-                          jnp.float32(use_ad))
+    assert int(switch.index(dict(state, count=jnp.int32(count)))) == count % 2
+    (g_p, g_t), aux = jacs[count % 2](params, t_vars, jnp.int32(count), jnp.float32(use_gd),
+                                      jnp.float32(use_ad))
     pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
     return {k: (pick(g_p, i), pick(g_t, i)) for i, k in enumerate(TERMS)}, aux
 
@@ -245,7 +252,9 @@ def test_smoke_config_runs_end_to_end_and_resumes(tmp_path):
   assert set(variables["params"]) == {"backbone", "attention_head"}
   assert meta["model"] == "top_i3d"
   x = jnp.zeros((2, 16, 32, 32, 3))
-  scores, attention = genkd.predict(nets, variables["params"], variables["batch_stats"], x)
+  scores, attention = compilation.jit(lambda v, x: genkd.predict(nets, v["params"],
+                                                                  v["batch_stats"], x),
+                                       preset="fastest")(variables, x)
   assert scores.shape == (2, 4) and attention.shape[0] == 2
 
   # A rerun finds every stage finished: nothing is trained again, the numbers are the same.

@@ -29,9 +29,10 @@ epoch:
 optax transformation that hands phase ``k`` of every ``steps_per_pass`` steps to one sub-optimiser
 (SGD with coupled L2 on ``net`` in pass B, Adam(b1=0.8) on ``cvae`` in pass A); the inactive one
 sees no update and keeps its state (momentum, Adam moments and bias-correction count) untouched,
-exactly like two PyTorch optimisers of which only one is stepped. The loss function reads the same
-step count from ``model_state['count']`` and picks the pass with ``jax.lax.cond``, differentiating
-only the pass's own parameters (the rest under ``stop_gradient``). Both counts live in the
+exactly like two PyTorch optimisers of which only one is stepped. The loss is a
+:class:`~kd_jax.train.Switch` of the two passes: the step reads the same count from
+``model_state['count']``, picks the pass inside the compiled step and differentiates only that
+pass, and only its own parameters (the rest under ``stop_gradient``). Both counts live in the
 checkpointed train state, so a resumed run continues in the right pass and epoch. One program per
 stage is compiled; the baseline and distilled students share it (the distillation switches are
 runtime inputs in ``frozen``, and the teacher's forward pass sits behind a ``lax.cond``, so the
@@ -942,4 +943,3 @@ def paper_config(arg: str | None, *, config_file: str, dataset: str
   if arg == "smoke":
     config = smoke_variant(config)
   return config
-

@@ -118,7 +118,7 @@ def build_steps(
     def value_and_grad(fn):
       def objective(params):
         return fn(params, state.model_state, frozen, batch, rng)
-      return lambda params: jax.value_and_grad(objective, has_aux=True)(params)
+      return jax.value_and_grad(objective, has_aux=True)
 
     if isinstance(loss_fn, Switch):
       (loss, (metrics, model_state)), grads = jax.lax.switch(
