@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from typing import NoReturn
 
 from absl import app
@@ -28,6 +29,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from kd_jax import distributed
 from kd_jax import methods
 from kd_jax.errors import Preempted
 from kd_jax.errors import UserError
@@ -125,30 +127,6 @@ def default_workdir(config_spec: str) -> str:
   return os.path.join("runs", name)
 
 
-def distributed_settings(env: dict[str, str]) -> dict[str, object]:
-  """Explicit ``jax.distributed.initialize`` arguments from the environment, for plain clusters.
-
-  TPU pods and SLURM need none (JAX discovers them). Hosts started by hand (``launch/ssh.sh``,
-  ``launch/local.sh``) set ``KD_JAX_COORDINATOR_ADDRESS`` (host:port of process 0),
-  ``KD_JAX_NUM_PROCESSES`` and ``KD_JAX_PROCESS_ID``.
-  """
-  names = {"coordinator_address": "KD_JAX_COORDINATOR_ADDRESS",
-           "num_processes": "KD_JAX_NUM_PROCESSES", "process_id": "KD_JAX_PROCESS_ID"}
-  given = {key: env[var] for key, var in names.items() if env.get(var)}
-  if given and len(given) != len(names):
-    missing = [var for key, var in names.items() if key not in given]
-    raise UserError(f"set all of {', '.join(names.values())} or none; missing {', '.join(missing)}")
-  try:
-    for key in ("num_processes", "process_id"):
-      if key in given:
-        given[key] = int(given[key])
-  except ValueError:
-    raise UserError("KD_JAX_NUM_PROCESSES and KD_JAX_PROCESS_ID must be integers, got "
-                    f"{env.get('KD_JAX_NUM_PROCESSES')!r} and {env.get('KD_JAX_PROCESS_ID')!r}"
-                    ) from None
-  return given
-
-
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes config.json; a different config left by an earlier run is kept beside it, not lost."""
   from etils import epath  # Local or gs://; comes with orbax and TFDS.
@@ -182,17 +160,31 @@ def main(argv: list[str]) -> None:
   except UserError as e:
     fail(str(e))
 
-  if _DISTRIBUTED.value or os.environ.get("KD_JAX_DISTRIBUTED", "") not in ("", "0"):
-    import jax  # pylint: disable=g-import-not-at-top
+  if not (_DISTRIBUTED.value or os.environ.get("KD_JAX_DISTRIBUTED", "") not in ("", "0")):
+    _run(method, config)
+    return
+  try:
+    distributed.initialize(dict(os.environ))
+  except distributed.PortInUse as e:
+    print(f"kd_jax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(distributed.EXIT_PORT_IN_USE)
+  except UserError as e:
+    fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    fail(f"jax.distributed.initialize() failed: {e}. It needs a TPU pod or SLURM, or "
+         "KD_JAX_COORDINATOR_ADDRESS, KD_JAX_NUM_PROCESSES and KD_JAX_PROCESS_ID")
+  status = 0
+  try:
+    _run(method, config)
+  except SystemExit as e:
+    status = e.code if isinstance(e.code, int) else 1
+  except BaseException:  # pylint: disable=broad-except
+    traceback.print_exc()
+    status = 1
+  distributed.leave(status)
 
-    try:
-      jax.distributed.initialize(**distributed_settings(os.environ))
-    except UserError as e:
-      fail(str(e))
-    except Exception as e:  # pylint: disable=broad-except
-      fail(f"jax.distributed.initialize() failed: {e}. It needs a TPU pod or SLURM, or "
-           "KD_JAX_COORDINATOR_ADDRESS, KD_JAX_NUM_PROCESSES and KD_JAX_PROCESS_ID")
 
+def _run(method, config: ml_collections.ConfigDict) -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   logging.info("kd_jax: process %d of %d, %d local / %d global devices (%s)",
@@ -203,7 +195,7 @@ def main(argv: list[str]) -> None:
     workdir = os.path.abspath(workdir)
   if jax.process_index() == 0:
     _write_config(config, workdir)
-  logging.info("kd_jax: method %s, workdir %s", method_name, workdir)
+  logging.info("kd_jax: method %s, workdir %s", config.method, workdir)
   try:
     method.run(config, workdir)
   except UserError as e:

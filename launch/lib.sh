@@ -20,8 +20,10 @@ DRY_RUN=0, and defines:
   need OPT ARG... die unless option OPT (the first of the script's remaining arguments) has a value
   run CMD...      under --dry-run (DRY_RUN=1) print CMD; else echo it on stderr and run it
   supervise POLL_S SIGNAL PID...
-                  wait for background jobs; hand the first failure to the script's on_failure,
-                  send SIGNAL to the rest once STOP_DEADLINE passes; return the failure's status
+                  wait for background jobs; hand the first failure (or a job still running
+                  FINISH_GRACE_S after another succeeded: RC "linger", status 124) to the
+                  script's on_failure, send SIGNAL to the rest once STOP_DEADLINE passes;
+                  return the first failure's status
 EOF
   exit 0
 fi
@@ -63,15 +65,21 @@ run() {
 # When set (in SECONDS' terms, usually by the script's on_failure), the time after which
 # `supervise` forces the jobs still running to end.
 STOP_DEADLINE=""
+# Seconds the other jobs get to end after the first one ended successfully. kd_jax processes leave
+# together (every one waits at JAX's shutdown barrier, bounded by KD_JAX_SHUTDOWN_TIMEOUT_S, 120 s by
+# default), so a job still running this long after a peer finished is stuck: it is named and stopped.
+FINISH_GRACE_S=${FINISH_GRACE_S:-180}
 # supervise POLL_S SIGNAL PID...: waits until the background jobs PID... have all ended and returns
-# the exit status of the first that failed (0 if none did). That first failure is handed to the
-# script's `on_failure INDEX RC` (INDEX counts from 0 in the PID order), which reports it and stops
-# the others; once STOP_DEADLINE passes, those still running get SIGNAL. Polls every POLL_S seconds
-# rather than `wait -n`, which would not tell which job ended.
+# the exit status of the first that failed (0 if none did; the later failures are usually the
+# launcher's own stops). That first failure is handed to the script's `on_failure INDEX RC`
+# (INDEX counts from 0 in the PID order), which reports it and stops the others; once
+# STOP_DEADLINE passes, those still running get SIGNAL. Jobs still running FINISH_GRACE_S seconds
+# after one ended with status 0 are handed to `on_failure INDEX linger` the same way. Polls every
+# POLL_S seconds rather than `wait -n`, which would not tell which job ended.
 supervise() {
   local poll_s=$1 signal=$2
   shift 2
-  local job_pids=("$@") n=$# first_rc=0 i rc
+  local job_pids=("$@") n=$# first_rc=0 i rc linger_deadline=""
   local -A finished=()
   while ((${#finished[@]} < n)); do
     for ((i = 0; i < n; i++)); do
@@ -83,8 +91,18 @@ supervise() {
       if ((rc != 0 && first_rc == 0)); then
         first_rc=$rc
         on_failure "$i" "$rc"
+      elif ((rc == 0)) && [[ -z $linger_deadline ]]; then
+        linger_deadline=$((SECONDS + FINISH_GRACE_S))
       fi
     done
+    if [[ -n $linger_deadline ]] && ((SECONDS >= linger_deadline && first_rc == 0)); then
+      for ((i = 0; i < n; i++)); do
+        [[ -n ${finished[$i]:-} ]] && continue
+        first_rc=124
+        on_failure "$i" linger
+        break
+      done
+    fi
     if [[ -n $STOP_DEADLINE ]] && ((SECONDS >= STOP_DEADLINE)); then
       for ((i = 0; i < n; i++)); do
         [[ -n ${finished[$i]:-} ]] || kill "-$signal" "${job_pids[$i]}" 2>/dev/null || true

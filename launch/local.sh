@@ -16,12 +16,16 @@ on the CPU with its own K devices (JAX_PLATFORMS=cpu,
 XLA_FLAGS=--xla_force_host_platform_device_count=K) and joins the others through
   KD_JAX_DISTRIBUTED=1  KD_JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>
   KD_JAX_NUM_PROCESSES=N  KD_JAX_PROCESS_ID=i
-so the run sees N*K global devices, as on N hosts. Waits for all; when one fails the others are
-stopped and the exit status is that of the failed one. Process i logs to LOG_DIR/process<i>.log.
+so the run sees N*K global devices, as on N hosts. Waits for all and returns as soon as all have
+ended; when one fails the others are stopped and the exit status is that of the first failure.
+A process still running FINISH_GRACE_S seconds (default 180) after another one succeeded is
+named and stopped (status 124); kd_jax processes leave together within KD_JAX_SHUTDOWN_TIMEOUT_S
+(default 120). When process 0 finds its coordinator port taken (exit 75), all start again on
+another port. Process i logs to LOG_DIR/process<i>.log.
 
 Options:
   --devices K    CPU devices per process (default 2)
-  --port P       coordinator port (default: a free one)
+  --port P       coordinator port (default: a free one below the ephemeral range)
   --python PY    Python to run (default: $KD_JAX_PYTHON, the active virtualenv, REPO/.venv, python3)
   --log-dir DIR  where the per-process logs go (default: runs/launch_logs/local-<time>)
   --dry-run      print the commands instead of running them
@@ -66,19 +70,46 @@ if [[ -z $python ]]; then
     python=python3
   fi
 fi
-if [[ -z $port ]]; then
-  if ((DRY_RUN)); then
-    port=PORT
-  else
-    # Bind to port 0 and let the kernel choose; the small window before process 0 binds it is
-    # acceptable for a test launcher.
-    picker=python3
-    command -v python3 >/dev/null || picker=$python
-    port="$("$picker" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')" \
-      || die "could not pick a free port with $picker; pass --port"
-  fi
-elif ! [[ $port =~ ^[0-9]+$ ]]; then
-  die "--port must be a number, got '$port'"
+# A free port below the kernel's ephemeral range, so that no outgoing connection (another job's
+# gRPC or gloo sockets) takes it between the pick and process 0's bind. Checked with a plain bind:
+# XLA's coordinator binds with SO_REUSEPORT, so a second coordinator on a taken port would not fail
+# but share the port with the first job.
+pick_port() {
+  local picker=python3
+  command -v python3 >/dev/null || picker=$python
+  "$picker" - <<'PY' || die "could not pick a free port with $picker; pass --port"
+import random, socket
+try:
+  low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+  low = 32768
+low = low if low > 12000 else 61000
+def free(port):
+  for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    try:
+      s = socket.socket(family)
+    except OSError:  # No IPv6 here.
+      continue
+    with s:
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      try:
+        s.bind((host, port))
+        return True
+      except OSError:
+        return False
+  return False
+port = next((p for p in (random.randrange(10000, low) for _ in range(100)) if free(p)), None)
+if port is None:
+  raise SystemExit("no free port found")
+print(port)
+PY
+}
+if [[ -n $port ]]; then
+  [[ $port =~ ^[0-9]+$ ]] || die "--port must be a number, got '$port'"
+  fixed_port=1
+else
+  fixed_port=0
+  if ((DRY_RUN)); then port=PORT; else port=$(pick_port); fi
 fi
 log_dir=${log_dir:-$REPO_DIR/runs/launch_logs/local-$(date -u +%Y%m%d-%H%M%S)-$$}
 
@@ -119,21 +150,37 @@ cleanup() {
 }
 trap 'note "interrupted; stopping all processes"; cleanup; exit 130' INT TERM
 
-for ((i = 0; i < n; i++)); do
-  run_proc "$i" "$@" >"$log_dir/process$i.log" 2>&1 </dev/null &
-  pids+=($!)
-done
-note "started $n processes x $devices CPU devices, coordinator 127.0.0.1:$port; logs in $log_dir"
-
 # A process left alone after a peer failed would wait for the dead peer until the distributed
 # timeout, hence on_failure's cleanup and supervise's SIGKILL after the grace period.
 on_failure() {
-  note "process $1 failed (exit $2); stopping the others. Last lines of its log:"
+  if [[ $2 == linger ]]; then
+    note "process $1 is still running ${FINISH_GRACE_S} s after another finished (FINISH_GRACE_S);" \
+      "stopping all. Last lines of its log:"
+  elif [[ $1 == 0 && $2 == 75 ]] && ((!fixed_port)); then
+    cleanup # The coordinator port was taken: the others wait for a coordinator that never comes.
+    return
+  else
+    note "process $1 failed (exit $2); stopping the others. Last lines of its log:"
+  fi
   tail -n 20 "$log_dir/process$1.log" >&2 || true
   cleanup
 }
-status=0
-supervise 0.2 KILL "${pids[@]}" || status=$?
+
+# Exit status 75 from process 0 means its coordinator port was taken (kd_jax/distributed.py): start
+# again on another port, a few times.
+for attempt in 1 2 3; do
+  pids=()
+  for ((i = 0; i < n; i++)); do
+    run_proc "$i" "$@" >"$log_dir/process$i.log" 2>&1 </dev/null &
+    pids+=($!)
+  done
+  note "started $n processes x $devices CPU devices, coordinator 127.0.0.1:$port; logs in $log_dir"
+  status=0
+  supervise 0.2 KILL "${pids[@]}" || status=$?
+  ((status == 75 && !fixed_port && attempt < 3)) || break
+  note "the coordinator port $port was taken; starting again on another port"
+  port=$(pick_port)
+done
 if ((status == 0)); then
   note "all $n processes finished; process 0 said:"
   tail -n 20 "$log_dir/process0.log" >&2 || true

@@ -16,7 +16,9 @@ per host using all of its GPUs. Process i gets, through the environment:
   KD_JAX_DISTRIBUTED=1  KD_JAX_COORDINATOR_ADDRESS=<first host>:<port>
   KD_JAX_NUM_PROCESSES=<number of hosts>  KD_JAX_PROCESS_ID=i
 which kd_jax passes to jax.distributed.initialize(). Each host's output goes to a local log
-file; when one process fails the others are stopped and the exit status is non-zero.
+file; when one process fails the others are stopped and the exit status is non-zero. A process
+still running FINISH_GRACE_S seconds (default 180) after another one succeeded is named and
+stopped (status 124); kd_jax processes leave together within KD_JAX_SHUTDOWN_TIMEOUT_S (120).
 
 Hosts need the code at the same path and a working environment (e.g. a shared home, or
 launch/host.sh setup --extra cuda on each), and passwordless ssh from here.
@@ -142,7 +144,12 @@ done
 note "started $n processes (coordinator $coordinator:$port); logs in $log_dir"
 
 on_failure() {
-  note "process $1 on ${hosts[$1]} failed (exit $2); last lines of its log:"
+  if [[ $2 == linger ]]; then
+    note "process $1 on ${hosts[$1]} is still running ${FINISH_GRACE_S} s after another finished" \
+      "(FINISH_GRACE_S); stopping all. Last lines of its log:"
+  else
+    note "process $1 on ${hosts[$1]} failed (exit $2); last lines of its log:"
+  fi
   tail -n 20 "$log_dir/host$1-${hosts[$1]#*@}.log" >&2 || true
   stop_others
 }

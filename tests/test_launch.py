@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -516,25 +517,108 @@ def test_local_stops_the_others_when_one_fails(tmp_path):
       "process0.log", "process1.log", "process2.log"]
 
 
-def test_local_joins_real_jax_distributed_processes(tmp_path):
-  """The environment local.sh gives each process is enough for jax.distributed, end to end."""
-  pytest.importorskip("jax")
-  fake = _fake_python(tmp_path, """\
-      import os
-      import jax
-      jax.distributed.initialize(os.environ["KD_JAX_COORDINATOR_ADDRESS"],
-                                 int(os.environ["KD_JAX_NUM_PROCESSES"]),
-                                 int(os.environ["KD_JAX_PROCESS_ID"]))
-      from jax.experimental import multihost_utils
-      import numpy as np
-      total = multihost_utils.process_allgather(np.array([jax.process_index() + 1])).sum()
-      print(f"process {jax.process_index()} of {jax.process_count()}: "
-            f"{jax.local_device_count()} local / {jax.device_count()} global, sum {total}")
-      jax.distributed.shutdown()
-      """)
-  result = _run([LAUNCH / "local.sh", "--python", fake, "--devices", "2", "--log-dir",
-                 tmp_path / "logs", "2", "configs/smoke.py"], timeout=120)
+# Joins through kd_jax.distributed as kd_jax.main does, gathers across processes, and leaves the
+# way kd_jax.main leaves. Reading a replicated result waits for one local device only, so this is
+# the leave that once hung (see kd_jax/distributed.py).
+_JAX_PROCESS = """\
+    import os, time
+    from kd_jax import distributed
+    distributed.initialize(dict(os.environ))
+    import jax
+    from jax.experimental import multihost_utils
+    import numpy as np
+    total = multihost_utils.process_allgather(np.array([jax.process_index() + 1])).sum()
+    print(f"process {jax.process_index()} of {jax.process_count()}: "
+          f"{jax.local_device_count()} local / {jax.device_count()} global, sum {total}", flush=True)
+    if jax.process_index() == int(os.environ.get("LATE_ID", "-1")):
+      time.sleep(60)
+    distributed.leave(0)
+    """
+
+
+def _local_jax(tmp_path, name: str, env=None, timeout=120) -> subprocess.CompletedProcess:
+  fake = _fake_python(tmp_path, _JAX_PROCESS)
+  return _run([LAUNCH / "local.sh", "--python", fake, "--devices", "2", "--log-dir",
+               tmp_path / name, "2", "configs/smoke.py"], env=env, timeout=timeout)
+
+
+def _assert_gathered(log_dir: pathlib.Path, result: subprocess.CompletedProcess) -> None:
   assert result.returncode == 0, result.stderr
   for i in range(2):
-    log = (tmp_path / "logs" / f"process{i}.log").read_text()
+    log = (log_dir / f"process{i}.log").read_text()
     assert f"process {i} of 2: 2 local / 4 global, sum 3" in log, log
+
+
+def test_local_joins_real_jax_distributed_processes(tmp_path):
+  """The environment local.sh gives each process is enough for jax.distributed, end to end."""
+  _assert_gathered(tmp_path / "logs", _local_jax(tmp_path, "logs"))
+
+
+def test_local_stops_a_process_still_running_after_the_others_finished(tmp_path):
+  fake = _fake_python(tmp_path, """\
+      import os, time
+      if os.environ["KD_JAX_PROCESS_ID"] == "1":
+        print("process 1 hangs", flush=True)
+        time.sleep(60)
+      """)
+  start = time.monotonic()
+  result = _run([LAUNCH / "local.sh", "--python", fake, "--log-dir", tmp_path / "logs", "2",
+                 "configs/smoke.py"], env=_env(FINISH_GRACE_S="2", KILL_GRACE_S="2"), timeout=40)
+  assert result.returncode == 124, result.stderr
+  assert time.monotonic() - start < 20  # Not the 60 s of the stuck process.
+  assert "process 1 is still running 2 s after another finished" in result.stderr
+  assert "process 1 hangs" in result.stderr
+
+
+def test_a_process_waits_for_a_late_peer_only_up_to_the_shutdown_timeout(tmp_path):
+  """Process 1 never reaches the shutdown barrier: process 0 leaves after KD_JAX_SHUTDOWN_TIMEOUT_S
+  (XLA aborts it, naming the missing process), and local.sh stops process 1."""
+  start = time.monotonic()
+  result = _local_jax(tmp_path, "logs", env=_env(LATE_ID="1", KD_JAX_SHUTDOWN_TIMEOUT_S="3",
+                                                 KILL_GRACE_S="2"))
+  assert result.returncode != 0, result.stderr
+  assert time.monotonic() - start < 45  # Not the 60 s process 1 sleeps.
+  assert "process 0 failed" in result.stderr or "process 1 failed" in result.stderr, result.stderr
+  log0 = (tmp_path / "logs" / "process0.log").read_text()
+  assert "sum 3" in log0 and "Barrier timed out" in log0, log0
+
+
+def test_local_starts_again_on_another_port_when_the_coordinator_port_is_taken(tmp_path):
+  """Exit status 75 from process 0 (kd_jax.main: coordinator port taken) makes local.sh retry."""
+  fake = _fake_python(tmp_path, f"""\
+      import os, pathlib, sys
+      marker = pathlib.Path({str(tmp_path / "tried")!r})
+      print(os.environ["KD_JAX_COORDINATOR_ADDRESS"], flush=True)
+      if os.environ["KD_JAX_PROCESS_ID"] == "0" and not marker.exists():
+        marker.touch()
+        sys.exit(75)
+      """)
+  result = _run([LAUNCH / "local.sh", "--python", fake, "--log-dir", tmp_path / "logs", "2",
+                 "configs/smoke.py"], timeout=40)
+  assert result.returncode == 0, result.stderr
+  ports = re.findall(r"coordinator 127\.0\.0\.1:(\d+)", result.stderr)
+  assert len(ports) == 2 and ports[0] != ports[1], result.stderr
+  assert f"the coordinator port {ports[0]} was taken; starting again" in result.stderr
+  assert f"127.0.0.1:{ports[1]}" in (tmp_path / "logs" / "process1.log").read_text()
+
+
+@pytest.mark.slow
+def test_local_launches_run_side_by_side(tmp_path):
+  """The hang of issue 19: two local.sh launches at once (a kd_jax.main training run, and rounds of
+  the jax.distributed gather), as pytest -n 2 runs them. Every launch must end, and succeed."""
+  train = subprocess.Popen(
+      [str(LAUNCH / "local.sh"), "--devices", "2", "--python", sys.executable, "--log-dir",
+       str(tmp_path / "train_logs"), "2", "configs/smoke.py", "--config.smoke.num_steps=40",
+       "--workdir", str(tmp_path / "train")],
+      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    rounds = 0
+    while train.poll() is None or rounds < 3:
+      rounds += 1
+      _assert_gathered(tmp_path / f"gather{rounds}", _local_jax(tmp_path, f"gather{rounds}"))
+    _, err = train.communicate(timeout=300)
+  finally:
+    if train.poll() is None:
+      train.kill()
+  assert train.returncode == 0, err[-3000:]
+  assert (tmp_path / "train" / "results.json").exists()
