@@ -23,6 +23,11 @@ import sys
 import traceback
 from typing import NoReturn
 
+from kd_jax import _extras
+
+_extras.require("train", _extras.TRAIN_MODULES)  # One line on a losses-only install.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging

@@ -25,11 +25,15 @@ def fmt(value: Any, digits: int = 2, *, percent: bool = False, signed: bool = Fa
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  """A GitHub-flavoured Markdown table; cells are converted with ``str``."""
-  lines = ["| " + " | ".join(str(h) for h in headers) + " |",
-           "|" + "|".join("---" for _ in headers) + "|"]
-  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-  return "\n".join(lines)
+  """A GitHub-flavoured Markdown table; cells are converted with ``str`` (an empty one: ``| |``)."""
+
+  def line(cells: Sequence[Any]) -> str:
+    # An empty cell is one space, not two: the form GenKD's hand-written gain row had, so the
+    # reports read as before.
+    return "|" + "|".join(f" {c} " if c else " " for c in map(str, cells)) + "|"
+
+  return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|",
+                    *(line(row) for row in rows)])
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:

@@ -13,13 +13,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   cat <<'EOF'
 Usage: launch/host.sh [--dry-run] setup [--python 3.12] [--venv DIR] [--installer uv|venv]
-                                        [--extra tpu|cuda|NONE] [--no-check]
+                                        [--extra tpu|cuda|train|NONE] [--no-check]
        launch/host.sh [--dry-run] kill [--run NAME | --all] [--log-dir DIR] [--grace SECONDS]
 
 Runs on the machine that trains (a TPU VM worker, a GPU host), inside the repository copy.
 
 setup   Creates or updates a virtual environment (default ~/kd_jax_venv) with this copy of kd_jax
-        installed editable with the given extra (default tpu; NONE for none).
+        installed editable with the given extra (default tpu; train for a CPU host; NONE for
+        the losses only: jax and numpy).
         --installer uv (default) installs uv if missing (astral.sh installer) and lets it fetch the
         requested Python when the image lacks it (TPU VM images ship an older Python than kd_jax
         needs); --installer venv uses python<VERSION> -m venv, which must already exist.

@@ -38,6 +38,7 @@ def test_every_step_has_sizes_a_batch_and_networks():
   assert sizes.PAPER_BATCH["pkd_backbone_r18"] == 80
 
 
+@pytest.mark.slow  # the command line, which runs each measurement in a worker process
 def test_cli_runs_one_small_step_and_writes_json_and_markdown(tmp_path):
   out = tmp_path / "bench"
   proc = _cli("--preset", "cpu", "--steps", "pkd_ic_r18", "--dtypes", "float32", "--torch",
@@ -158,8 +159,6 @@ def test_pipeline_worker_reports_clips_per_second_per_worker():
 @pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch")
-@pytest.mark.skipif(importlib.util.find_spec("kd_jax.bench.torch_steps") is None,
-                    reason="needs kd_jax.bench.torch_steps")
 @pytest.mark.parametrize("step", sizes.STEPS)
 def test_torch_steps_have_the_jax_parameter_counts(step):
   from kd_jax.bench import jax_steps

@@ -254,6 +254,7 @@ def test_hmdb51_missing_or_packed_manual_dir(tmp_path, hmdb_dir, capsys):
 # -- the GenKD paper configs on the prepared fakes -----------------------------------------------
 
 
+@pytest.mark.slow  # a command-line GenKD run of three stages on each prepared fake
 @pytest.mark.parametrize("dataset, config, manual", [
     ("ucf101/split1", "genkd_ucf101", "ucf_dir"),
     ("hmdb51/split1", "genkd_hmdb51", "hmdb_dir"),

@@ -274,6 +274,7 @@ def test_kinetics400_missing_manual_dir_or_columns(tmp_path, k400_dir, capsys):
 
 
 # Jester and Kinetics fakes both have 3 classes: their runs share compiled programs (XLA cache).
+@pytest.mark.slow  # a command-line spectral run of three stages on each prepared fake
 @pytest.mark.parametrize("name, config, manual, counts", [
     ("something_something_v2", "spectral_ssv2", "ssv2_dir", "4 train / 2 eval videos, 4 classes"),
     ("jester", "spectral_jester", "jester_dir", "2 train / 3 eval videos, 3 classes"),

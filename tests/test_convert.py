@@ -14,9 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy  # a test dependency (pyproject's [test] extra), not an optional one
 
 from kd_jax import models
 from kd_jax.models import convert
+from kd_jax.models import i3d
 
 from fake_checkpoints import torch_layout_state_dict
 
@@ -164,13 +166,12 @@ def test_safetensors_message_when_missing(tmp_path, monkeypatch):
 
 
 def test_safetensors_file_converts_like_the_state_dict(tmp_path):
-  st = pytest.importorskip("safetensors.numpy")
   model = models.get("resnet18", num_classes=5, tiny=True)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                                train=False))
   sd = torch_layout_state_dict(abstract, np.random.default_rng(0))
   path = os.path.join(tmp_path, "w.safetensors")
-  st.save_file(sd, path)
+  safetensors.numpy.save_file(sd, path)
   loaded = convert.load_state_dict(path)
   assert sorted(loaded) == sorted(sd)
   for key, value in sd.items():
@@ -200,7 +201,6 @@ def test_tsm_checkpoint_names():
 @pytest.mark.parametrize("name", ["i3d", "top_i3d"])
 def test_i3d_checkpoint_names_cover_the_model(name):
   """pytorch-i3d names (GenKD prefix included) map onto every I3D variable, in both directions."""
-  pytest.importorskip("kd_jax.models.i3d")
   model = models.get(name, tiny=True, num_classes=9)
   abstract = convert.abstract_variables(model, (1, 16, 64, 64, 3))
   sd = torch_layout_state_dict(abstract, np.random.default_rng(0))
@@ -218,7 +218,6 @@ def test_i3d_checkpoint_names_cover_the_model(name):
 @pytest.mark.torch
 def test_i3d_inception_block_parity(tr):
   """An inception block with TF-SAME padding and the zero-padded SAME max-pool branch."""
-  i3d = pytest.importorskip("kd_jax.models.i3d")
   torch = tr.torch
   channels = (4, 3, 5, 2, 3, 4)
   ref = tr.randomize(tr.TorchInception(6, channels), seed=5).eval()

@@ -39,7 +39,8 @@ def np_hinton(s, t, temperature=4.0):
 
 
 def np_progressive(ics, t, temperature=1.0):
-  return sum(np_soft_target_ce(ic, t, temperature) for ic in ics)
+  # ics: [..., K, C], the classifiers stacked on the second-to-last axis.
+  return sum(np_soft_target_ce(ics[..., k, :], t, temperature) for k in range(ics.shape[-2]))
 
 
 def np_temporal_spectrum(s, t, time_axis=1, norm="ortho"):
@@ -86,8 +87,17 @@ def np_cvae(f, f_hat, mu, log_var, prior, kl_weight=0.1):
   return rec + kl_weight * kl.reshape(kl.shape[0], -1).mean(-1)
 
 
-def np_wise(z, w):
-  return sum(w[k] * z[..., k, :] for k in range(len(w)))
+def np_kl(p, q, eps=1e-8):
+  return (p * (np.log(p + eps) - np.log(q + eps))).sum()
+
+
+def np_divergence(p_s, p_t, kind="kl", eps=1e-8):
+  if kind == "kl":
+    return np_kl(p_t, p_s, eps)
+  if kind == "sym_kl":
+    return np_kl(p_t, p_s, eps) + np_kl(p_s, p_t, eps)
+  m = 0.5 * (p_t + p_s)
+  return 0.5 * np_kl(p_t, m, eps) + 0.5 * np_kl(p_s, m, eps)
 
 
 def np_uncertainty(ls, s):
@@ -157,10 +167,10 @@ CASES = [
     ),
     Case(
         "progressive_kd_loss",
-        lambda ics, t, **kw: losses.progressive_kd_loss(list(ics), t, **kw),
+        losses.progressive_kd_loss,
         np_progressive,
         lambda rng, shape: (
-            tuple(rng.normal(size=shape) * 3 for _ in range(3)),
+            rng.normal(size=shape[:-1] + (3, shape[-1])) * 3,  # K = 3 classifiers
             rng.normal(size=shape) * 3,
         ),
         ((5, 6), (2, 3, 4)),
@@ -211,13 +221,16 @@ CASES = [
         bad_kwargs=({"kl_weight": -0.1},),
     ),
     Case(
-        "wise_combine",
-        losses.wise_combine,
-        np_wise,
-        lambda rng, shape: (rng.normal(size=shape), rng.normal(size=shape[-2])),
-        ((6, 4, 10), (2, 3, 5, 7)),
-        student=0,
-        teacher=None,
+        "distribution_divergence",
+        losses.distribution_divergence,
+        np_divergence,
+        lambda rng, shape: tuple(
+            np.exp(np_log_softmax(rng.normal(size=shape).ravel() * 2)).reshape(shape)
+            for _ in range(2)
+        ),
+        ((16,), (3, 3)),
+        ({}, {"kind": "sym_kl"}, {"kind": "js"}, {"eps": 1e-6}),
+        bad_kwargs=({"kind": "wasserstein"}, {"eps": 0.0}),
     ),
     Case(
         "uncertainty_weighted_sum",
@@ -244,7 +257,7 @@ def test_all_names_exported():
   required = {
       "soft_target_cross_entropy", "hinton_kd_loss", "temporal_spectrum_loss",
       "parameter_frequency_loss", "attention_distillation_loss", "generative_distillation_loss",
-      "cvae_loss", "progressive_kd_loss", "wise_combine", "uncertainty_weighted_sum",
+      "cvae_loss", "progressive_kd_loss", "uncertainty_weighted_sum", "distribution_divergence",
   }
   assert required <= set(losses.__all__)
   for name in losses.__all__:
@@ -336,7 +349,7 @@ def test_golden_hinton_kd_loss():
 def test_golden_progressive_kd_loss():
   # IC1 as in the soft-target golden value (0.8369882), IC2 uniform against uniform (ln 2).
   got = losses.progressive_kd_loss(
-      [jnp.array([[LN3, 0.0]]), jnp.zeros((1, 2))], jnp.zeros((1, 2))
+      jnp.stack([jnp.array([[LN3, 0.0]]), jnp.zeros((1, 2))], axis=-2), jnp.zeros((1, 2))
   )
   np.testing.assert_allclose(got, [0.8369882 + LN2], rtol=1e-6)
 
@@ -379,10 +392,11 @@ def test_golden_cvae_loss():
   np.testing.assert_allclose(got, [2.55], rtol=1e-6)
 
 
-def test_golden_wise_combine():
-  # 2 * [1, 2] - 1 * [3, 4] = [-1, 0].
-  got = losses.wise_combine(jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.array([2.0, -1.0]))
-  np.testing.assert_allclose(got, [-1.0, 0.0])
+def test_golden_distribution_divergence_is_student_first():
+  # Student [.5, .5], teacher [1, 0]: KL(p_t || p_s) = 1 * (ln(1 + eps) - ln(.5 + eps)) = ln 2.
+  # The other order would be .5 ln(.5 / eps) + .5 ln(.5 / 1), about 8.52.
+  got = losses.distribution_divergence(jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0]))
+  np.testing.assert_allclose(got, LN2, rtol=1e-6)
 
 
 def test_golden_uncertainty_weighted_sum():
@@ -404,10 +418,10 @@ def test_mismatched_shapes_name_both_shapes():
     losses.parameter_frequency_loss([jnp.zeros((3, 3, 1, 1))], [jnp.zeros((5, 5, 1, 1))])
   with pytest.raises(ValueError, match="pairs"):
     losses.parameter_frequency_loss([jnp.zeros((3, 3, 1, 1))], [])
-  with pytest.raises(ValueError, match=r"weights must have shape \(3,\)"):
-    losses.wise_combine(jnp.zeros((2, 3, 5)), jnp.ones((4,)))
-  with pytest.raises(ValueError, match="list or tuple"):
-    losses.progressive_kd_loss(jnp.zeros((3, 2, 5)), jnp.zeros((2, 5)))
+  with pytest.raises(ValueError, match=r"\(3, 2, 5\) and \(2, 5\)"):
+    losses.progressive_kd_loss(jnp.zeros((3, 2, 5)), jnp.zeros((2, 5)))  # [K, B, C]: wrong axis
+  with pytest.raises(ValueError, match=r"jnp.stack\(ic_logits, axis=-2\)"):
+    losses.progressive_kd_loss([jnp.zeros((2, 5))] * 3, jnp.zeros((2, 5)))
   with pytest.raises(ValueError, match="log_vars"):
     losses.uncertainty_weighted_sum(jnp.ones((3,)), jnp.zeros((2,)))
 

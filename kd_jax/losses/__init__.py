@@ -1,10 +1,14 @@
 """kd_jax.losses: knowledge-distillation losses as pure JAX functions, in the style of optax.losses.
 
-Arrays in, per-example values out (shape ``[B]``, or the logits' shape without the class axis)
-unless a docstring says otherwise; computed in at least float32 whatever the input dtype; jit-,
-vmap- and grad-safe. The teacher side is wrapped in ``jax.lax.stop_gradient`` by the loss itself.
-Hyper-parameters are validated with a ``ValueError``. This package imports nothing else of kd_jax,
-so other JAX projects can use it alone, e.g. inside their own jitted step:
+Arguments come student first, then teacher, then keyword hyper-parameters. Losses on activations
+and logits return per-example values, shape ``[B]`` (or the logits' shape without the class axis),
+so the caller picks the reduction; losses with no batch axis return a scalar and say why in their
+docstring: ``parameter_frequency_loss`` and ``distribution_divergence`` compare weights, and
+``uncertainty_weighted_sum`` combines already reduced terms. Everything is computed in at least
+float32 whatever the input dtype, and is jit-, vmap- and grad-safe. The teacher side is wrapped in
+``jax.lax.stop_gradient`` by the loss itself. Hyper-parameters are validated with a ``ValueError``.
+This package imports nothing else of kd_jax, so other JAX projects can use it alone, e.g. inside
+their own jitted step:
 ``kd_jax.losses.hinton_kd_loss(student_logits, teacher_logits, temperature=4.0).mean()``.
 """
 
@@ -17,7 +21,6 @@ from .generative import generative_distillation_loss
 from .logits import hinton_kd_loss
 from .logits import progressive_kd_loss
 from .logits import soft_target_cross_entropy
-from .logits import wise_combine
 from .spectral import dct_matrix
 from .spectral import kernel_frequency_distribution
 from .spectral import parameter_frequency_loss
@@ -41,5 +44,4 @@ __all__ = [
     "temporal_spectrum_loss",
     "uncertainty_weighted_sum",
     "weight_value_distribution",
-    "wise_combine",
 ]

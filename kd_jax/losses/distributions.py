@@ -51,7 +51,7 @@ def pooled_frequency_distribution(kernels: Sequence[jax.Array] | jax.Array) -> j
     kernels: one kernel or a sequence of kernels ``[..., kh, kw, cin, cout]`` sharing ``(kh, kw)``.
 
   Returns:
-    ``p``, shape ``[kh, kw]``, summing to 1.
+    ``p``, shape ``[kh, kw]``, summing to 1: a description of parameters, with no batch axis.
   """
   ks = _as_kernel_list(kernels, "pooled_frequency_distribution")
   sizes = set()
@@ -93,7 +93,7 @@ def weight_value_distribution(
     bandwidth: Gaussian width in units of the bin spacing; ``> 0``.
 
   Returns:
-    ``p``, shape ``[num_bins]``, summing to 1.
+    ``p``, shape ``[num_bins]``, summing to 1: a description of parameters, with no batch axis.
   """
   if num_bins < 2:
     raise ValueError(f"num_bins must be >= 2, got {num_bins}")
@@ -112,36 +112,40 @@ def weight_value_distribution(
 
 
 def distribution_divergence(
-    teacher_p: jax.Array,
     student_p: jax.Array,
+    teacher_p: jax.Array,
     *,
     kind: str = "kl",
     eps: float = 1e-8,
 ) -> jax.Array:
-  r"""Divergence between a teacher and a student probability vector (same shape).
+  r"""Divergence of a student probability vector from a teacher's (same shape).
 
   .. math::
     \mathrm{kl} = \sum p_t (\log(p_t+\epsilon) - \log(p_s+\epsilon)), \quad
     \mathrm{sym\_kl} = KL(p_t \| p_s) + KL(p_s \| p_t), \quad
     \mathrm{js} = \tfrac12 KL(p_t \| m) + \tfrac12 KL(p_s \| m),\ m = \tfrac12(p_t + p_s)
 
-  The teacher side is under ``stop_gradient``.
+  The parameter-distribution term of "Collaborative Distillation in the Parameter and Spectrum
+  Domains for Video Action Recognition" (arXiv 2009.06902; kd_jax's spectral spec, section 4)
+  compares teacher and student layers with one of these. The teacher side is under
+  ``stop_gradient``.
 
   Args:
-    teacher_p: a distribution (any shape; summed over all axes).
-    student_p: same shape.
+    student_p: a distribution (any shape; summed over all axes).
+    teacher_p: same shape; no gradient flows into it.
     kind: ``"kl"`` (default, ``KL(teacher || student)``), ``"sym_kl"`` or ``"js"``.
     eps: ``> 0``, keeps the logarithms finite.
 
   Returns:
-    A scalar.
+    A scalar: the inputs are distributions of network parameters (one per layer or stage, see
+    :func:`pooled_frequency_distribution`), which have no batch axis, so every axis is summed.
   """
   if kind not in DIVERGENCES:
     raise ValueError(f"kind must be one of {DIVERGENCES}, got {kind!r}")
   _checks.check_positive("eps", eps)
   _checks.check_same_shape(student_p, teacher_p, "student and teacher distributions")
-  p_t = jax.lax.stop_gradient(_checks.as_float(teacher_p))
   p_s = _checks.as_float(student_p)
+  p_t = jax.lax.stop_gradient(_checks.as_float(teacher_p))
 
   def kl(p, q):
     return jnp.sum(p * (jnp.log(p + eps) - jnp.log(q + eps)))

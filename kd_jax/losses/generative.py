@@ -1,8 +1,9 @@
 """Losses of generative feature distillation: attention maps, CVAE reconstructions, the CVAE itself.
 
 Reference: "Generative Model-based Feature Knowledge Distillation for Action Recognition" (AAAI-24,
-arXiv 2312.08644). Every loss is a per-example mean, so the batch mean of the result equals the
-element-wise mean (``nn.MSELoss``) of the official code.
+arXiv 2312.08644). Every loss returns ``[B]``, each example's mean over its own elements (nothing
+couples the examples), so the batch mean of the result equals the element-wise mean
+(``nn.MSELoss``) of the official code.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def attention_distillation_loss(
     teacher_attention: same shape; no gradient flows into it.
 
   Returns:
-    The loss per example, shape ``[B]``.
+    The loss per example, shape ``[B]``: the mean over the example's own elements.
   """
   return _per_example_mse(
       student_attention, teacher_attention, "student_attention and teacher_attention"
@@ -53,7 +54,7 @@ def generative_distillation_loss(
     teacher_reconstruction: same shape; no gradient flows into it.
 
   Returns:
-    The loss per example, shape ``[B]``.
+    The loss per example, shape ``[B]``: the mean over the example's own elements.
   """
   return _per_example_mse(
       student_reconstruction,
@@ -82,6 +83,8 @@ def cvae_loss(
   summed) over latent elements, as in the official code, with :math:`\lambda = 0.1`. Nothing is
   stopped here: which of ``features`` and ``prior_mean`` carry gradients is the caller's choice
   (GenKD's reconstruction term deliberately leaves the target features attached).
+  Not a student-teacher loss (one CVAE, the teacher's or the student's, fitting the features it
+  reconstructs), so the arguments follow the CVAE: its target, its output, its posterior, its prior.
 
   Args:
     features: the target features ``F``, ``[B, ...]``.
@@ -92,7 +95,8 @@ def cvae_loss(
     kl_weight: ``lambda >= 0``.
 
   Returns:
-    The loss per example, shape ``[B]``.
+    The loss per example, shape ``[B]``: each example's reconstruction error and KL term, averaged
+    over its own elements; nothing couples the examples.
   """
   _checks.check_non_negative("kl_weight", kl_weight)
   _checks.check_same_shape(features, reconstruction, "features and reconstruction")

@@ -1,8 +1,12 @@
-"""Distillation losses on class logits, and the WISE ensemble of early exits."""
+"""Distillation losses on class logits.
+
+Each returns one value per example (the logits' shape without the class axis, ``[B]`` for ``[B, C]``
+logits): every example's softened distribution is compared with its own teacher's, nothing is
+normalised across the batch, so the caller picks the reduction (a mean, or a masked sum over padded
+batches).
+"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +33,8 @@ def soft_target_cross_entropy(
     temperature: softening temperature ``T > 0``.
 
   Returns:
-    The loss per example, shape ``[...]`` (the logits' shape without the class axis).
+    The loss per example, shape ``[...]``: the logits' shape without the class axis, ``[B]`` for
+    ``[B, C]`` logits (see the module docstring).
   """
   _checks.check_positive("temperature", temperature)
   _checks.check_same_shape(student_logits, teacher_logits, "student_logits and teacher_logits")
@@ -56,7 +61,8 @@ def hinton_kd_loss(
     temperature: ``T > 0``.
 
   Returns:
-    The loss per example, shape ``[...]``.
+    The loss per example, shape ``[...]``: the logits' shape without the class axis, ``[B]`` for
+    ``[B, C]`` logits. At ``T = 1`` it is exactly :math:`KL(p_t \| p_s)` per example.
   """
   _checks.check_positive("temperature", temperature)
   _checks.check_same_shape(student_logits, teacher_logits, "student_logits and teacher_logits")
@@ -68,7 +74,7 @@ def hinton_kd_loss(
 
 
 def progressive_kd_loss(
-    ic_logits: Sequence[jax.Array], teacher_logits: jax.Array, *, temperature: float = 1.0
+    ic_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float = 1.0
 ) -> jax.Array:
   r"""Progressive KD loss: every internal classifier (IC) learns from one teacher.
 
@@ -76,53 +82,38 @@ def progressive_kd_loss(
     \ell = \sum_{k=1}^{K} -\sum_c \mathrm{softmax}(t/T)_c \, \log \mathrm{softmax}(s_k/T)_c
 
   The curriculum (which teacher, when) is the caller's: it passes the logits of the current teacher.
-  The official code uses ``T = 1`` and no label term (arXiv 2407.02713).
+  The official code uses ``T = 1`` and no label term (Shao et al., "Advancing Compressed Video
+  Action Recognition through Progressive Knowledge Distillation", arXiv 2407.02713).
 
   Args:
-    ic_logits: a list or tuple of ``K`` arrays ``[..., C]``, one per internal classifier.
-    teacher_logits: ``[..., C]``; no gradient flows into it.
+    ic_logits: ``[..., K, C]``, the ``K`` internal classifiers' logits stacked on the
+      second-to-last axis (``jnp.stack(per_ic_logits, axis=-2)``), the layout of a network's exit
+      logits in kd_jax (``[B, K, C]``) and of the WISE weight fitting.
+    teacher_logits: ``[..., C]``, shared by all ``K`` classifiers; no gradient flows into it.
     temperature: ``T > 0``.
 
   Returns:
-    The summed loss per example, shape ``[...]``.
+    The loss per example, summed over the ``K`` classifiers, shape ``[...]`` (``[B]`` for
+    ``[B, K, C]``): as for :func:`soft_target_cross_entropy`, nothing couples the examples.
   """
-  if not isinstance(ic_logits, (list, tuple)):
+  _checks.check_positive("temperature", temperature)
+  if isinstance(ic_logits, (list, tuple)):
     raise ValueError(
-        "ic_logits must be a list or tuple of per-classifier logits; for a stacked array "
-        f"[K, ..., C] pass list(array). Got {type(ic_logits).__name__}"
+        "ic_logits must be one array [..., K, C], not a list or tuple; stack the per-classifier "
+        "logits with jnp.stack(ic_logits, axis=-2)"
     )
-  if not ic_logits:
-    raise ValueError("ic_logits is empty: pass the logits of at least one internal classifier")
-  losses = [
-      soft_target_cross_entropy(ic, teacher_logits, temperature=temperature) for ic in ic_logits
-  ]
-  return sum(losses[1:], losses[0])
-
-
-def wise_combine(exit_logits: jax.Array, weights: jax.Array) -> jax.Array:
-  r"""The WISE ensemble of early exits: a learned weighted sum of their logits.
-
-  .. math::
-    \tilde z = \sum_{k=1}^{K} w_k \, z_k
-
-  WISE (arXiv 2407.02713) learns one weight vector per exit on cached training logits and exits
-  once the softmax confidence of :math:`\tilde z` passes a threshold. Weights are not normalised and
-  may be negative, as in the official code. Gradients flow to both arguments.
-
-  Args:
-    exit_logits: ``[..., K, C]``, the logits of the first ``K`` exits.
-    weights: ``[K]``.
-
-  Returns:
-    The combined logits, ``[..., C]``.
-  """
-  if jnp.ndim(exit_logits) < 2:
-    raise ValueError(f"exit_logits must be [..., K, C], got shape {tuple(jnp.shape(exit_logits))}")
-  num_exits = jnp.shape(exit_logits)[-2]
-  if jnp.shape(weights) != (num_exits,):
+  shape, t_shape = tuple(jnp.shape(ic_logits)), tuple(jnp.shape(teacher_logits))
+  if len(shape) < 2 or shape[-2] < 1 or shape[:-2] + shape[-1:] != t_shape:
     raise ValueError(
-        f"weights must have shape ({num_exits},) to match the K axis of exit_logits "
-        f"{tuple(jnp.shape(exit_logits))}, got {tuple(jnp.shape(weights))}"
+        f"ic_logits must be [..., K, C] with K >= 1 and teacher_logits [..., C] with the same "
+        f"[...] and C; got {shape} and {t_shape}"
     )
-  z = _checks.as_float(exit_logits)
-  return jnp.einsum("...kc,k->...c", z, _checks.as_float(weights).astype(z.dtype))
+  # A Python loop over the static K (one slice per classifier, added in classifier order), not one
+  # broadcast cross-entropy reduced over K: the result is bit-for-bit the sum of the K
+  # per-classifier losses, whatever order a fused XLA reduction would pick.
+  total = soft_target_cross_entropy(ic_logits[..., 0, :], teacher_logits, temperature=temperature)
+  for k in range(1, shape[-2]):
+    total = total + soft_target_cross_entropy(
+        ic_logits[..., k, :], teacher_logits, temperature=temperature
+    )
+  return total

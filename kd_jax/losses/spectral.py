@@ -31,7 +31,11 @@ def _magnitude(z: jax.Array) -> jax.Array:
 
 
 def temporal_amplitude(features: jax.Array, *, time_axis: int = 1, norm: str = "ortho") -> jax.Array:
-  """Amplitude spectrum ``|rfft(x)|`` along ``time_axis`` (length ``T // 2 + 1`` there), >= float32."""
+  """Amplitude spectrum ``|rfft(x)|`` along ``time_axis``, in at least float32.
+
+  A transform, not a loss: it returns ``features``' shape with ``time_axis`` of length
+  ``T // 2 + 1`` (the non-negative frequencies), every other axis, the batch axis included, kept.
+  """
   if norm not in _FFT_NORMS:
     raise ValueError(f"norm must be one of {_FFT_NORMS}, got {norm!r}")
   return _magnitude(jnp.fft.rfft(_checks.as_float(features), axis=time_axis, norm=norm))
@@ -62,7 +66,8 @@ def temporal_spectrum_loss(
     norm: ``numpy.fft`` normalisation, ``"ortho"`` (default), ``"backward"`` or ``"forward"``.
 
   Returns:
-    The loss per example, shape ``[B]``.
+    The loss per example, shape ``[B]``: each example's spectrum is compared with its own teacher's
+    and averaged over its frequencies, positions and channels; nothing couples the examples.
   """
   _checks.check_same_shape(student_features, teacher_features, "student and teacher features")
   ndim = jnp.ndim(student_features)
@@ -110,7 +115,8 @@ def kernel_frequency_distribution(kernel: jax.Array) -> jax.Array:
     kernel: ``[..., kh, kw, cin, cout]`` (Flax layout; depthwise kernels have ``cin == 1``).
 
   Returns:
-    ``p``, shape ``[kh, kw]``, summing to 1 (all zeros for an all-zero kernel).
+    ``p``, shape ``[kh, kw]``, summing to 1 (all zeros for an all-zero kernel): a description of
+    parameters, with no batch axis.
   """
   if jnp.ndim(kernel) < 4:
     raise ValueError(
@@ -151,7 +157,8 @@ def parameter_frequency_loss(
     eps: ``> 0``, keeps the logarithms finite.
 
   Returns:
-    A scalar.
+    A scalar: the loss is a function of the weights alone, with no batch axis (DESIGN.md's rule
+    for parameter losses); add it once to the batch-mean of the per-example losses.
   """
   _checks.check_positive("eps", eps)
   student_kernels, teacher_kernels = list(student_kernels), list(teacher_kernels)

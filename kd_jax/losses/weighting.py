@@ -23,11 +23,13 @@ def uncertainty_weighted_sum(
   ``s_i`` with the student (initialised at 0, excluded from weight decay).
 
   Args:
-    losses: ``N`` scalar losses, as a sequence or an array ``[N]``.
+    losses: ``N`` scalar losses (each already reduced over the batch), as a sequence or an array
+      ``[N]``.
     log_vars: ``[N]``, the learned ``s_i``.
 
   Returns:
-    A scalar.
+    A scalar: it combines already reduced loss terms (and the learned ``s_i``, which belong to the
+    model, not to an example), so there is no batch axis left to keep.
   """
   if isinstance(losses, (list, tuple)):
     if not losses:

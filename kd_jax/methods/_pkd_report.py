@@ -1,12 +1,15 @@
 """report.md, tradeoff.png and the console summary of a PKD + WISE run (one or several runs).
 
 Part of the ``pkd`` method; the generic table and plot helpers are in :mod:`kd_jax.report`.
-With several runs (seeds, splits) every number is shown as mean ± std over them.
+With several runs (seeds, splits) every number is shown as mean ± std over them. The run's best and
+last accuracies come from its ``metrics.jsonl`` (:func:`accuracies`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+import json
+import math
 from typing import Any
 
 from etils import epath
@@ -32,6 +35,67 @@ REFERENCES = {
 }
 SECTIONS = ("## Run", "## Modality networks", "## Internal classifiers: CE versus PKD",
             "## WISE", "## Accuracy versus compute", "## Cost model")
+
+
+def _history(workdir: epath.Path, stage: str) -> list[dict[str, Any]]:
+  """The stage's evaluation lines of metrics.jsonl, by step."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  rows = {}
+  for line in path.read_text().splitlines():
+    try:
+      entry = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if entry.get("stage") == f"{stage}/eval":
+      rows[entry["step"]] = entry
+  return [rows[k] for k in sorted(rows)]
+
+
+def _best_last(history: list[dict[str, Any]], key: str, spe: int) -> dict[str, float]:
+  vals = [(h["step"], h[key]) for h in history if key in h]
+  if not vals:
+    return {}
+  step, best = max(vals, key=lambda sv: (sv[1], -sv[0]))
+  return {"best": float(best), "best_epoch": int(math.ceil(step / spe)), "last": float(vals[-1][1]),
+          "evaluations": len(vals)}
+
+
+def accuracies(bb_dir: epath.Path, workdir: epath.Path,
+               groups: Sequence[tuple[str, Sequence[str]]], bb_spe: Mapping[str, int],
+               ic_spe: int) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Best and last evaluation top-1 of every modality network and IC, from ``metrics.jsonl``.
+
+  Args:
+    bb_dir: the workdir of the backbone stages (shared by the seeds of a split).
+    workdir: the workdir of the IC stages.
+    groups: per group of networks trained together, its stage-name suffix and their short names.
+    bb_spe: steps per epoch of each network's backbone stage, by short name.
+    ic_spe: steps per epoch of the IC stages.
+
+  Returns:
+    ``(networks, ic)``: the ``networks`` and ``ic`` blocks of ``results.json``; an IC row trained
+    both ways also gets PKD's gain over CE (``gain_best``, ``gain_last``).
+  """
+  networks = {}
+  for suffix, shorts in groups:
+    hist = _history(bb_dir, "backbone" + suffix)
+    for short in shorts:
+      networks[short] = _best_last(hist, f"{short}/top1", bb_spe[short])
+  ic_table = {}
+  for suffix, shorts in groups:
+    for kind in ("ce", "pkd"):
+      hist = _history(workdir, f"ic_{kind}" + suffix)
+      for short in shorts:
+        for i in range(3):
+          key = f"{short}{i + 1}"
+          ic_table.setdefault(key, {})[kind] = _best_last(hist, f"{key}/top1", ic_spe)
+  for key, row in ic_table.items():
+    if row.get("ce") and row.get("pkd"):
+      row["gain_best"] = row["pkd"]["best"] - row["ce"]["best"]
+      row["gain_last"] = row["pkd"]["last"] - row["ce"]["last"]
+  return networks, ic_table
 
 
 def _get(d: Any, *keys: Any) -> Any:

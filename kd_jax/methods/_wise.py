@@ -27,14 +27,48 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kd_jax import losses
-
 VARIANTS = ("wise", "division", "no_scaling", "no_lateral")
 
 
 def alphas(num_exits: int, *, alpha: float = 0.1, free_exits: int = 5) -> np.ndarray:
   """The official L1 strengths: 0 for exits 1..free_exits, ``alpha`` after (section 5.2)."""
   return np.where(np.arange(1, num_exits + 1) <= free_exits, 0.0, alpha)
+
+
+def wise_combine(exit_logits: jax.Array, weights: jax.Array) -> jax.Array:
+  r"""The WISE ensemble of early exits: a learned weighted sum of their logits, in JAX.
+
+  .. math::
+    \tilde z = \sum_{k=1}^{K} w_k \, z_k
+
+  WISE (Shao et al., "Advancing Compressed Video Action Recognition through Progressive Knowledge
+  Distillation", arXiv 2407.02713; pkd_wise.md section 5) learns one weight vector per exit on
+  cached training logits and exits once the softmax confidence of :math:`\tilde z` passes a
+  threshold. Weights are not normalised and may be negative, as in the official code. Gradients
+  flow to both arguments: :func:`_fit` differentiates through the weights. (The NumPy
+  :func:`combine` does the same for all exits at once, in float64, for the cascade.)
+
+  Not a loss, so it lives here beside its one user rather than in ``kd_jax.losses``: it produces
+  logits, has no teacher, and outside WISE it is a one-line ``einsum``.
+
+  Args:
+    exit_logits: ``[..., K, C]``, the logits of the first ``K`` exits (the layout of
+      ``losses.progressive_kd_loss``'s classifier logits).
+    weights: ``[K]``.
+
+  Returns:
+    The combined logits, ``[..., C]``, in at least float32.
+  """
+  if jnp.ndim(exit_logits) < 2:
+    raise ValueError(f"exit_logits must be [..., K, C], got shape {tuple(jnp.shape(exit_logits))}")
+  num_exits = jnp.shape(exit_logits)[-2]
+  if jnp.shape(weights) != (num_exits,):
+    raise ValueError(
+        f"weights must have shape ({num_exits},) to match the K axis of exit_logits "
+        f"{tuple(jnp.shape(exit_logits))}, got {tuple(jnp.shape(weights))}")
+  z = jnp.asarray(exit_logits)
+  z = z.astype(jnp.promote_types(z.dtype, jnp.float32))  # bf16 logits are summed in float32
+  return jnp.einsum("...kc,k->...c", z, jnp.asarray(weights).astype(z.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
@@ -46,7 +80,7 @@ def _fit(exit_logits, labels, mask, alpha, lr, init, *, steps: int):
     # w: [R, E], mask: [R, E] (which exits row r may use); each row's loss depends on its row only,
     # so the sum's gradient is every row's own gradient: R independent SGD runs.
     wm = w * mask
-    combined = jax.vmap(lambda row: losses.wise_combine(z, row), out_axes=1)(wm)  # [N, R, C]
+    combined = jax.vmap(lambda row: wise_combine(z, row), out_axes=1)(wm)  # [N, R, C]
     ce = optax.softmax_cross_entropy_with_integer_labels(
         combined, labels[:, None].repeat(combined.shape[1], 1)).mean(0)
     return jnp.sum(ce + alpha * jnp.sum(jnp.abs(wm), -1))

@@ -44,23 +44,21 @@ renormalisation (the official test runs one clip per batch; ``eval_renorm_scope=
 the batch); the video score is the sum over time steps of per-step softmaxes (or mean logits with
 ``cls_loss='mean_logits'``).
 
-**Outputs**: ``results.json``, ``report.md`` with the table and ``curves.png``, and
-``student.ckpt`` (an orbax checkpoint: backbone, attention head and classifier of the distilled
-student; the CVAE is training-only and dropped), read back by :func:`load_student`.
+**Outputs**: ``results.json``, ``report.md`` with the table and ``curves.png``
+(:mod:`kd_jax.methods._genkd_report`), and ``student.ckpt`` (an orbax checkpoint: backbone,
+attention head and classifier of the distilled student; the CVAE is training-only and dropped),
+read back by :func:`load_student`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import dataclasses
-import json
 import os
 import time
 from typing import Any, NamedTuple
 
-from absl import logging
 from etils import epath
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -72,7 +70,11 @@ from kd_jax import losses
 from kd_jax import models
 from kd_jax import train
 from kd_jax.errors import UserError
+from kd_jax.methods import _common
+from kd_jax.methods import _genkd_report
+from kd_jax.train import checkpoint
 from kd_jax.train import optim
+from kd_jax.train import weights
 
 CLS_LOSSES = ("double_softmax", "mean_logits")
 RENORM_SCOPES = ("global", "per_sample")
@@ -229,11 +231,6 @@ class Networks:
   tap: str
 
 
-def _kwargs(block: Any) -> dict[str, Any]:
-  kw = block.to_dict() if isinstance(block, ml_collections.ConfigDict) else dict(block or {})
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
-
-
 def build_networks(model: str, model_kwargs: Mapping[str, Any], attention_kwargs: Mapping[str, Any],
                    num_classes: int, tap: str = "Mixed_5c") -> Networks:
   """The three modules of one network; a ``UserError`` for arguments the models reject."""
@@ -280,28 +277,13 @@ def init_variables(nets: Networks, key: jax.Array, clip_shape: Sequence[int],
   cvae = nets.cvae.init({"params": k_cvae, "reparam": k_cvae}, f, a, mode="posterior")["params"]
   backbone, batch_stats = v["params"], v.get("batch_stats", {})
   if pretrained is not None:
-    backbone = _merge(backbone, pretrained.get("params", {}), skip=("logits",))
-    batch_stats = _merge(batch_stats, pretrained.get("batch_stats", {}), skip=())
+    kw = dict(what="config.teacher.checkpoint", hint="convert pytorch-i3d rgb_imagenet.pt with "
+              "--model i3d and matching --kwargs")
+    backbone = weights.merge_pretrained(backbone, pretrained.get("params", {}), skip=("logits",),
+                                        **kw)
+    batch_stats = weights.merge_pretrained(batch_stats, pretrained.get("batch_stats", {}), **kw)
   params = {"net": {"backbone": backbone, "attention_head": head}, "cvae": cvae}
   return params, {"batch_stats": batch_stats, "count": jnp.zeros([], jnp.int32)}
-
-
-def _merge(tree: Any, pretrained: Mapping[str, Any], skip: Sequence[str]) -> Any:
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
-  pre = flax.traverse_util.flatten_dict(flax.core.unfreeze(dict(pretrained)), sep="/")
-  missing = [k for k in flat if k.split("/")[0] not in skip and k not in pre]
-  if missing:
-    raise UserError(f"the teacher checkpoint lacks {len(missing)} backbone weights (e.g. "
-                    f"{', '.join(missing[:3])}); convert pytorch-i3d rgb_imagenet.pt with "
-                    "--model i3d and matching --kwargs")
-  for k in flat:
-    if k.split("/")[0] in skip:
-      continue
-    if tuple(np.shape(pre[k])) != tuple(flat[k].shape):
-      raise UserError(f"teacher checkpoint weight {k} has shape {tuple(np.shape(pre[k]))}, the "
-                      f"model {tuple(flat[k].shape)}; convert the same architecture and width")
-    flat[k] = jnp.asarray(pre[k], flat[k].dtype)
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -604,24 +586,17 @@ def _stage(setup: Setup, name: str, nets: Networks, block: ml_collections.Config
 def _load_teacher_checkpoint(tcfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
   if not tcfg.checkpoint:
     return None
-  from kd_jax.models import convert  # pylint: disable=g-import-not-at-top
-  try:
-    converted = convert.load_converted(os.path.expanduser(tcfg.checkpoint))
-  except (FileNotFoundError, ValueError) as e:
-    raise UserError(f"config.teacher.checkpoint: {e}") from None
-  if converted.model_name != tcfg.model:
-    raise UserError(f"config.teacher.checkpoint holds a {converted.model_name}, config.teacher."
-                    f"model is {tcfg.model}; convert rgb_imagenet.pt with --model {tcfg.model}")
+  converted = _common.load_converted(tcfg.checkpoint, "config.teacher.checkpoint", tcfg.model)
   return jax.tree.map(np.asarray, dict(converted.variables))
 
 
 def make_setup(config: ml_collections.ConfigDict, data: Data) -> Setup:
   dcfg = config.data
   clip_shape = (int(dcfg.clip_len), int(dcfg.crop_size), int(dcfg.crop_size), 3)
-  att = _kwargs(config.attention.kwargs)
-  teacher = build_networks(config.teacher.model, _kwargs(config.teacher.kwargs), att,
+  att = _common.model_kwargs(config.attention.kwargs)
+  teacher = build_networks(config.teacher.model, _common.model_kwargs(config.teacher.kwargs), att,
                            data.num_classes, config.attention.tap)
-  student = build_networks(config.student.model, _kwargs(config.student.kwargs), att,
+  student = build_networks(config.student.model, _common.model_kwargs(config.student.kwargs), att,
                            data.num_classes, config.attention.tap)
   ts, ss = feature_shape(teacher, clip_shape), feature_shape(student, clip_shape)
   if ts != ss:
@@ -669,13 +644,9 @@ def teacher_variables(state: train.TrainState) -> dict[str, Any]:
 
 def save_student(path: epath.Path, state: train.TrainState, meta: Mapping[str, Any]) -> None:
   """Writes ``student.ckpt``: backbone, attention head, classifier and BN statistics; no CVAE."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   variables = {"params": dict(state.params["net"]),
                "batch_stats": state.model_state["batch_stats"]}
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    ckptr.save(os.path.abspath(os.fspath(path)),
-               ocp.args.Composite(variables=ocp.args.StandardSave(variables),
-                                  meta=ocp.args.JsonSave(dict(meta))), force=True)
+  checkpoint.save_variables(path, variables, dict(meta))
 
 
 def load_student(path: str) -> tuple[Networks, dict[str, Any], dict[str, Any]]:
@@ -685,88 +656,10 @@ def load_student(path: str) -> tuple[Networks, dict[str, Any], dict[str, Any]]:
     scores, attention = genkd.predict(nets, v["params"], v["batch_stats"], clips,
                                       cls_loss=meta["cls_loss"])
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(os.path.expanduser(path))
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    meta = ckptr.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    variables = ckptr.restore(
-        path, ocp.args.Composite(variables=ocp.args.StandardRestore())).variables
+  variables, meta = checkpoint.load_variables(path)
   nets = build_networks(meta["model"], meta["model_kwargs"], meta["attention_kwargs"],
                         meta["num_classes"], meta["tap"])
-  return nets, dict(variables), dict(meta)
-
-
-# ------------------------------------------------------------------------------------------------
-# Report.
-
-
-def _read_metrics(workdir: epath.Path) -> list[dict[str, Any]]:
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  out = []
-  for line in path.read_text().splitlines():
-    try:
-      out.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue
-  return out
-
-
-def epoch_summary(lines: Sequence[Mapping[str, Any]], stage: str, steps_per_pass: int
-                  ) -> dict[str, Any]:
-  """Per-epoch eval accuracy and training terms of one stage from ``metrics.jsonl`` lines."""
-  evals, terms = {}, {}
-  for e in lines:
-    if e.get("stage") == stage + "/eval" and "top1" in e:
-      epoch = int(e["step"]) // (2 * steps_per_pass)
-      evals[epoch] = {"top1": e["top1"], "top5": e.get("top5", float("nan"))}
-    elif e.get("stage") == stage and "pass" in e:
-      epoch, key = int(e["epoch"]), ("A" if e["pass"] < 0.5 else "B")
-      bucket = terms.setdefault(epoch, {}).setdefault(key, {})
-      for k in (("cvae", "gd") if key == "A" else ("cls", "rec", "ad")):
-        bucket.setdefault(k, []).append(e[k])
-  curves = {ep: {p: {k: float(np.mean(v)) for k, v in d.items()} for p, d in by.items()}
-            for ep, by in sorted(terms.items())}
-  best = max(evals.items(), key=lambda kv: kv[1]["top1"]) if evals else None
-  return {"eval": dict(sorted(evals.items())), "terms": curves,
-          "best_epoch": best[0] if best else None,
-          "best_top1": best[1]["top1"] if best else None}
-
-
-def plot_curves(summaries: Mapping[str, Mapping[str, Any]], path: str) -> None:
-  """``curves.png``: eval top-1 per epoch, and the training terms of each pass."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-  for name, s in summaries.items():
-    if s["eval"]:
-      ep = list(s["eval"])
-      axes[0].plot(ep, [s["eval"][e]["top1"] for e in ep], marker="o", label=name)
-    ep = [e for e in s["terms"] if "B" in s["terms"][e]]
-    if ep:
-      axes[1].plot(ep, [s["terms"][e]["B"]["cls"] for e in ep], marker=".", label=f"{name} cls")
-      if any(s["terms"][e]["B"].get("ad", 0) for e in ep):
-        axes[1].plot(ep, [s["terms"][e]["B"]["ad"] for e in ep], ls=":", marker=".", label=f"{name} AD")
-      axes[2].plot(ep, [s["terms"][e]["B"]["rec"] for e in ep], marker=".", label=f"{name} L_rec (B)")
-    ep = [e for e in s["terms"] if "A" in s["terms"][e]]
-    if ep:
-      axes[2].plot(ep, [s["terms"][e]["A"]["cvae"] for e in ep], ls="--",
-                   marker=".", label=f"{name} L_CVAE (A)")
-  axes[0].set(title="evaluation top-1", xlabel="epoch")
-  axes[1].set(title="pass B: classification (and AD)", xlabel="epoch", yscale="log")
-  axes[2].set(title="reconstruction terms", xlabel="epoch", yscale="log")
-  for ax in axes:
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def _fmt(x: float | None) -> str:
-  return "-" if x is None else f"{100 * x:.1f}"
+  return nets, variables, meta
 
 
 # ------------------------------------------------------------------------------------------------
@@ -797,75 +690,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     timings[name] = time.monotonic() - t0
 
   ckpt_path = runner.workdir / "student.ckpt"
-  meta = {"model": config.student.model, "model_kwargs": _kwargs(config.student.kwargs),
-          "attention_kwargs": _kwargs(config.attention.kwargs), "tap": config.attention.tap,
+  meta = {"model": config.student.model,
+          "model_kwargs": _common.model_kwargs(config.student.kwargs),
+          "attention_kwargs": _common.model_kwargs(config.attention.kwargs),
+          "tap": config.attention.tap,
           "num_classes": data.num_classes, "cls_loss": config.loss.cls_loss,
           "eval_renorm_scope": config.loss.eval_renorm_scope,
           "source": "GenKD student (kd_jax), CVAE dropped"}
   if not ckpt_path.exists():
     save_student(ckpt_path, results["student_genkd"].state, meta)
 
-  lines = _read_metrics(runner.workdir)
-  summaries = {name: epoch_summary(lines, name, spp[name]) for name in results}
-  rows = {}
-  for name, r in results.items():
-    m, s = r.metrics, summaries[name]
-    rows[name] = {"top1": m.get("top1"), "top5": m.get("top5"), "best_top1": s["best_top1"],
-                  "best_epoch": s["best_epoch"],
-                  "epochs": int((config.teacher if name == "teacher" else config.student).epochs)}
-  base = rows.get("student_baseline")
-  gain = None
-  if base is not None:
-    gain = {k: rows["student_genkd"][k] - base[k] for k in ("top1", "top5", "best_top1")
-            if rows["student_genkd"][k] is not None and base[k] is not None}
+  summaries, rows, gain = _genkd_report.summarize(config, runner.workdir, results, spp)
   timings["total"] = time.monotonic() - t_start
-  plot = "curves.png"
   if jax.process_index() == 0:
-    plot_curves(summaries, os.fspath(runner.workdir / plot))
+    _genkd_report.plot_curves(summaries, os.fspath(runner.workdir / _genkd_report.PLOT))
   extra = {"genkd": rows, "gain": gain, "curves": summaries, "data": data.description,
            "seconds": timings, "student_checkpoint": os.fspath(ckpt_path)}
   out = runner.write_results(extra)
-
-  labels = {"teacher": f"teacher ({config.teacher.model}, phase 1)",
-            "student_baseline": f"student ({config.student.model}), no distillation",
-            "student_genkd": f"student ({config.student.model}), GenKD "
-                             f"(GD {'on' if config.loss.use_gd else 'off'}, "
-                             f"AD {'on' if config.loss.use_ad else 'off'})"}
-  table = ["| model | top-1 (last) | top-5 (last) | best top-1 (epoch) | epochs |",
-           "|---|---|---|---|---|"]
-  for name, r in rows.items():
-    table.append(f"| {labels[name]} | {_fmt(r['top1'])} | {_fmt(r['top5'])} | "
-                 f"{_fmt(r['best_top1'])} ({r['best_epoch']}) | {r['epochs']} |")
-  if gain:
-    table.append(f"| gain of GenKD over the baseline | {100 * gain['top1']:+.1f} | "
-                 f"{100 * gain['top5']:+.1f} | {100 * gain['best_top1']:+.1f} | |")
-  table = "\n".join(table)
-  lc = config.loss
-  report = [
-      "# GenKD: generative model-based feature distillation", "",
-      f"Data: {data.description}; clips {config.data.clip_len}x{config.data.crop_size}^2. "
-      f"Evaluation: one centre clip per video, attention path, {lc.eval_renorm_scope} "
-      f"renormalisation, score = {lc.cls_loss}.", "",
-      table, "",
-      f"![training curves]({plot})", "",
-      "## Settings", "",
-      f"- classification loss `{lc.cls_loss}`, renormalisation `{lc.renorm_scope}` in training",
-      f"- L_rec ramp `{config.student.rec_ramp}` (max {lc.rec_max_weight}, "
-      f"{lc.rec_ramp_epochs} epochs), KL weight {lc.kl_weight}, target detached: "
-      f"{lc.rec_detach_target}",
-      f"- generative distillation `{lc.gd_variant}` x {lc.gd_weight}, attention distillation "
-      f"x {lc.ad_weight}",
-      "- teacher from " + (f"`{config.teacher.checkpoint}`" if config.teacher.checkpoint
-                           else "scratch"),
-      f"- exported student (backbone, attention head, classifier; no CVAE): `{ckpt_path}`", "",
-      f"Wall time: {timings['total']:.0f} s (" + ", ".join(
-          f"{k} {v:.0f} s" for k, v in timings.items() if k != "total") + ")", "",
-  ]
-  if jax.process_index() == 0:
-    (runner.workdir / "report.md").write_text("\n".join(report))
-    print("\n".join([f"GenKD ({data.description}), evaluation accuracy (%):", table,
-                     f"report: {runner.workdir / 'report.md'}",
-                     f"results: {runner.workdir / 'results.json'}"]), flush=True)
+  _genkd_report.write(config, runner.workdir, data.description, rows, gain, timings, ckpt_path)
   return out
 
 

@@ -42,15 +42,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from kd_jax import losses
 from kd_jax import models
 from kd_jax import train
 from kd_jax.errors import UserError
+from kd_jax.methods import _common
+from kd_jax.methods import _pkd_report
 from kd_jax.methods import _wise
 from kd_jax.train import compilation
 from kd_jax.train import mesh as mesh_lib
+from kd_jax.train import weights
 
 NETWORKS = ("residual", "mv", "iframe")
 SHORT = {"residual": "R", "mv": "MV", "iframe": "I"}
@@ -344,9 +346,7 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int) -> dict[
   out = {}
   for name in NETWORKS:
     cfg = config.networks[name]
-    kwargs = dict(cfg.model_kwargs.to_dict()) if cfg.model_kwargs else {}
-    if "stage_sizes" in kwargs:
-      kwargs["stage_sizes"] = tuple(kwargs["stage_sizes"])
+    kwargs = _common.model_kwargs(cfg.model_kwargs)
     try:
       backbone = models.get(cfg.model, num_classes=num_classes, **INPUT[name], **kwargs)
       width = kwargs.get("width", 8 if kwargs.get("tiny") else 64)
@@ -357,33 +357,6 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int) -> dict[
       raise UserError(f"networks.{name}: {e}") from None
     out[name] = Network(name, cfg, backbone, heads, kwargs)
   return out
-
-
-def host_init(module: Any, example: Any, seed: int) -> dict[str, Any]:
-  """Random variables drawn with NumPy in the models' own distributions, without compiling.
-
-  Jitting ``model.init`` takes tens of seconds per model on a small CPU; drawing the same
-  distributions on the host takes milliseconds. Conv kernels: He normal (fan out), as torchvision;
-  linear kernels: U(+-1/sqrt(fan_in)), as PyTorch; biases 0; BatchNorm scale 1, bias 0, running
-  mean 0, variance 1.
-  """
-  shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), example)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    p = "/".join(str(getattr(k, "key", k)) for k in path)
-    shape = leaf.shape
-    if p.endswith("kernel") and len(shape) == 4:
-      return rng.normal(0.0, math.sqrt(2.0 / (shape[0] * shape[1] * shape[3])), shape)
-    if p.endswith("kernel") and len(shape) == 2:
-      lim = 1.0 / math.sqrt(shape[0])
-      return rng.uniform(-lim, lim, shape)
-    if p.endswith("scale") or p.endswith("/var"):
-      return np.ones(shape)
-    return np.zeros(shape)
-
-  out = jax.tree_util.tree_map_with_path(draw, shapes)
-  return jax.tree.map(lambda a: np.asarray(a, np.float32), out)
 
 
 def backbone_example(net: Network, crop: int) -> jax.ShapeDtypeStruct:
@@ -400,47 +373,27 @@ def tap_examples(net: Network, crop: int) -> dict[str, jax.ShapeDtypeStruct]:
 
 def init_backbone(net: Network, crop: int, seed: int) -> tuple[dict, dict, str]:
   """(params, batch_stats, description): converted checkpoint if configured, else random."""
-  variables = host_init(net.backbone, backbone_example(net, crop), seed)
+  variables = weights.host_init(net.backbone, backbone_example(net, crop), seed)
   path = net.cfg.init_checkpoint
   if not path:
     return variables["params"], variables.get("batch_stats", {}), "random"
-  from kd_jax.models import convert  # pylint: disable=g-import-not-at-top
-  try:
-    conv = convert.load_converted(str(epath.Path(path).expanduser()))
-  except FileNotFoundError as e:
-    raise UserError(f"networks.{net.name}.init_checkpoint: {e}; convert one with "
-                    "python -m kd_jax.models.convert") from None
-  loaded = jax.tree.map(np.asarray, conv.variables)
+  what = f"config.networks.{net.name}.init_checkpoint"
+  conv = _common.load_converted(path, what)
   # The classifier is replaced (ImageNet 1000 / Kinetics 400 classes -> this dataset's).
-  for coll in ("params", "batch_stats"):
-    if coll in loaded and "fc" in loaded[coll]:
-      loaded[coll].pop("fc")
-  problems = []
-  for coll in ("params", "batch_stats"):
-    want = jax.tree_util.tree_flatten_with_path(
-        {k: v for k, v in variables.get(coll, {}).items() if k != "fc"})[0]
-    have = dict(jax.tree_util.tree_flatten_with_path(loaded.get(coll, {}))[0])
-    for p, leaf in want:
-      if p not in have or have[p].shape != leaf.shape:
-        problems.append(f"{coll}{jax.tree_util.keystr(p)}")
-  if problems:
-    raise UserError(f"networks.{net.name}.init_checkpoint {path} does not fit the configured "
-                    f"{net.cfg.model} ({len(problems)} mismatches, e.g. {problems[0]})")
-  params = dict(loaded["params"], fc=variables["params"]["fc"])
-  return params, loaded.get("batch_stats", {}), f"converted checkpoint {path}"
+  hint = f"convert a {net.cfg.model} of the configured width"
+  params, stats = (weights.merge_pretrained(variables.get(c, {}), conv.variables.get(c, {}),
+                                            skip=("fc",), what=what, hint=hint)
+                   for c in ("params", "batch_stats"))
+  return params, stats, f"converted checkpoint {path}"
 
 
 def init_heads(net: Network, crop: int, seed: int) -> tuple[dict, dict]:
   taps = tap_examples(net, crop)
-  v = host_init(net.heads, taps, seed)
+  v = weights.host_init(net.heads, taps, seed)
   return v["params"], v.get("batch_stats", {})
 
 
 # ----------------------------------------------------------------------------- stages
-
-
-def _ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def _lr_multipliers(group: Sequence[Network], lr_of: Callable[[Network], float],
@@ -472,7 +425,7 @@ def backbone_stage(config, data: Data, group: Sequence[Network], inits: dict[str
                                        lambda n: n.cfg.lr_groups, base)
 
   def init_fn(key):
-    del key  # host-drawn (see host_init); the same seed gives the same start
+    del key  # host-drawn (see weights.host_init); the same seed gives the same start
     return ({m: inits[m][0] for m in nets}, {m: inits[m][1] for m in nets})
 
   def loss_fn(params, model_state, frozen, batch, rng):
@@ -482,7 +435,7 @@ def backbone_stage(config, data: Data, group: Sequence[Network], inits: dict[str
       (logits, _), upd = net.backbone.apply(
           {"params": params[m], "batch_stats": model_state[m]}, batch[m], train=True,
           mutable=["batch_stats"])
-      ce = _ce(logits, batch["label"])
+      ce = _common.mean_ce(logits, batch["label"])
       metrics[f"ce_{net.short}"] = ce
       new_state[m] = upd["batch_stats"]
       total = total + ce
@@ -596,10 +549,10 @@ def ic_stage(config, data: Data, group: Sequence[Network], all_nets: dict[str, N
     for m, net in nets.items():
       heads = [ics[m][:, i] for i in range(ics[m].shape[1])]
       if kind == "ce":
-        loss = sum(_ce(h, batch["label"]) for h in heads)
+        loss = sum(_common.mean_ce(h, batch["label"]) for h in heads)
       else:
         t = teacher_logits(m, phase, finals, batch, frozen)
-        loss = losses.progressive_kd_loss(heads, t, temperature=float(ic.temperature)).mean()
+        loss = losses.progressive_kd_loss(ics[m], t, temperature=float(ic.temperature)).mean()
       metrics[f"loss_{net.short}"] = loss
       total = total + loss
     if kind == "pkd":
@@ -777,31 +730,6 @@ def run_wise(config, logits, costs: dict[str, list[float]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the run
 
 
-def _history(workdir: epath.Path, stage: str) -> list[dict[str, Any]]:
-  """The stage's evaluation lines of metrics.jsonl, by step."""
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  rows = {}
-  for line in path.read_text().splitlines():
-    try:
-      entry = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if entry.get("stage") == f"{stage}/eval":
-      rows[entry["step"]] = entry
-  return [rows[k] for k in sorted(rows)]
-
-
-def _best_last(history: list[dict[str, Any]], key: str, spe: int) -> dict[str, float]:
-  vals = [(h["step"], h[key]) for h in history if key in h]
-  if not vals:
-    return {}
-  step, best = max(vals, key=lambda sv: (sv[1], -sv[0]))
-  return {"best": float(best), "best_epoch": int(math.ceil(step / spe)), "last": float(vals[-1][1]),
-          "evaluations": len(vals)}
-
-
 def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int | None,
             seed: int, bb_dir: epath.Path) -> dict[str, Any]:
   """The whole pipeline for one (split, seed); returns its results."""
@@ -869,26 +797,11 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
   timing["wise_s"] = time.monotonic() - t0
 
   # Per-network and per-IC accuracies (best and last evaluation of each stage).
-  bb_spe = {net.name: steps_per_epoch(data.size("train"), net.cfg.batch_size)
+  bb_spe = {net.short: steps_per_epoch(data.size("train"), net.cfg.batch_size)
             for net in nets.values()}
-  networks = {}
-  for g in groups:
-    hist = _history(bb_dir, "backbone" + suffix(g))
-    for net in g:
-      networks[net.short] = _best_last(hist, f"{net.short}/top1", bb_spe[net.name])
   ic_spe = steps_per_epoch(data.size("train"), int(config.ic.batch_size))
-  ic_table = {}
-  for g in groups:
-    for kind in ("ce", "pkd"):
-      hist = _history(workdir, f"ic_{kind}" + suffix(g))
-      for net in g:
-        for i in range(3):
-          key = f"{net.short}{i + 1}"
-          ic_table.setdefault(key, {})[kind] = _best_last(hist, f"{key}/top1", ic_spe)
-  for key, row in ic_table.items():
-    if row.get("ce") and row.get("pkd"):
-      row["gain_best"] = row["pkd"]["best"] - row["ce"]["best"]
-      row["gain_last"] = row["pkd"]["last"] - row["ce"]["last"]
+  networks, ic_table = _pkd_report.accuracies(
+      bb_dir, workdir, [(suffix(g), [net.short for net in g]) for g in groups], bb_spe, ic_spe)
   timing["total_s"] = time.monotonic() - t_start
 
   # A rerun that only restores must not replace the cost of the run that computed everything.
@@ -927,7 +840,6 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs PKD + WISE for every configured split and seed; writes results.json and report.md."""
   validate(config)
-  from kd_jax.methods import _pkd_report  # pylint: disable=g-import-not-at-top
   wd = epath.Path(workdir)
   splits = [int(s) for s in config.splits] if config.splits else [None]
   if config.data.dataset not in ("ucf101", "hmdb51") and splits != [None]:

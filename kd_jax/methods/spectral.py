@@ -48,7 +48,8 @@ weights travel in ``frozen``. ``log_vars`` are always excluded from weight decay
 
 **Outputs.** ``results.json`` (every stage's top-1/top-5, the ablation, learned weights, spectra),
 ``report.md`` with the ablation table and ``spectra.png`` (the teacher's and the student's temporal
-amplitude spectra before and after distillation). The ablation table is also printed.
+amplitude spectra before and after distillation), written by :mod:`kd_jax.methods._spectral_report`.
+The ablation table is also printed.
 """
 
 from __future__ import annotations
@@ -60,20 +61,22 @@ import re
 import time
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from kd_jax import losses
 from kd_jax import models
 from kd_jax import train
 from kd_jax.errors import UserError
+from kd_jax.methods import _common
+from kd_jax.methods import _spectral_report
 from kd_jax.models import layers as model_layers
 from kd_jax.train import compilation
+from kd_jax.train import optim
+from kd_jax.train import weights as weights_lib
 
 TERMS = ("ce", "kd", "spec", "param")
 DISTILL_TERMS = TERMS[1:]
@@ -236,10 +239,6 @@ def paper_config(arg: str | None, *, config_file: str, dataset: str, flip: str, 
 # Kernel pairing (parameter distillation).
 
 
-def _path_str(path: tuple[Any, ...]) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
 def _get(tree: Mapping[str, Any], path: str) -> Any:
   for part in path.split("/"):
     tree = tree[part]
@@ -265,7 +264,7 @@ def stage_kernel_paths(model: nn.Module, params: Mapping[str, Any]) -> dict[int,
 
   def add(stage, block_key, sub):
     for path, leaf in jax.tree_util.tree_flatten_with_path(sub)[0]:
-      p = _path_str(path)
+      p = optim.path_str(path)
       shape = tuple(leaf.shape)
       if p.endswith("kernel") and len(shape) == 4 and min(shape[:2]) >= 3:
         out.setdefault(stage, []).append(f"{block_key}/{p}")
@@ -372,8 +371,8 @@ def parameter_term(student_params, teacher_params, pairs: Sequence[StagePair],
           [_pooled_slices(g) for g in s_groups], [_pooled_slices(g) for g in t_groups],
           eps=cfg.eps)
     return jnp.mean(jnp.stack([
-        losses.distribution_divergence(losses.pooled_frequency_distribution(t),
-                                       losses.pooled_frequency_distribution(s),
+        losses.distribution_divergence(losses.pooled_frequency_distribution(s),
+                                       losses.pooled_frequency_distribution(t),
                                        kind=cfg.divergence, eps=cfg.eps)
         for s, t in zip(s_groups, t_groups)]))
   if cfg.reading == "hist":
@@ -385,7 +384,7 @@ def parameter_term(student_params, teacher_params, pairs: Sequence[StagePair],
       if cfg.hist_scale == "teacher":
         scale = jnp.std(jnp.concatenate([jnp.ravel(k) for k in t]))
       p_s = losses.weight_value_distribution(s, scale=scale, **kw)
-      terms.append(losses.distribution_divergence(p_t, p_s, kind=cfg.divergence, eps=cfg.eps))
+      terms.append(losses.distribution_divergence(p_s, p_t, kind=cfg.divergence, eps=cfg.eps))
     return jnp.mean(jnp.stack(terms))
   return jnp.zeros((), jnp.float32)
 
@@ -512,6 +511,15 @@ def parse_entry(spec: str, collab: ml_collections.ConfigDict) -> Entry:
   return Entry(spec, terms, weighting, mutual)
 
 
+def parse_ablation(config: ml_collections.ConfigDict) -> list[Entry]:
+  """Every entry of ``config.ablation``; a ``UserError`` if two name the same stage."""
+  entries = [parse_entry(e, config.collab) for e in config.ablation]
+  names = [e.stage_name for e in entries]
+  if len(set(names)) != len(names):
+    raise UserError(f"config.ablation names a stage twice: {list(config.ablation)}")
+  return entries
+
+
 # ------------------------------------------------------------------------------------------------
 # Config validation.
 
@@ -612,51 +620,25 @@ def _fast_key(key: jax.Array) -> jax.Array:
                                   impl="rbg")
 
 
-def _kwargs(block: ml_collections.ConfigDict) -> dict[str, Any]:
-  kw = block.to_dict() if isinstance(block, ml_collections.ConfigDict) else dict(block)
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
-
-
 def build_model(mcfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   try:
-    return models.get(mcfg.model, num_classes=num_classes, **_kwargs(mcfg.kwargs))
+    return models.get(mcfg.model, num_classes=num_classes, **_common.model_kwargs(mcfg.kwargs))
   except ValueError as e:
     raise UserError(f"cannot build {mcfg.model!r}: {e}") from None
 
 
-def _load_checkpoint(path: str, want_model: str, what: str):
-  from kd_jax.models import convert  # pylint: disable=g-import-not-at-top
-  try:
-    converted = convert.load_converted(os.path.expanduser(path))
-  except (FileNotFoundError, ValueError) as e:
-    raise UserError(f"config.{what}: {e}") from None
-  if converted.model_name != want_model:
-    raise UserError(f"config.{what} holds a {converted.model_name}, but "
-                    f"config.{what.split('.')[0]}.model is {want_model}; convert the matching "
-                    "model")
-  return converted
+def _pretrained(params, state, pretrained: Mapping[str, Any] | None, what: str):
+  """Initial variables overwritten by converted ImageNet weights; the classifier stays fresh.
 
-
-def _merge_pretrained(params: Any, pretrained: Mapping[str, Any], skip: Sequence[str]) -> Any:
-  """``params`` with every leaf of ``pretrained`` of the same path and shape, except ``skip``."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-  pre = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained), sep="/")
-  for k, v in pre.items():
-    if k.split("/")[0] in skip or k not in flat:
-      continue
-    if tuple(flat[k].shape) != tuple(np.shape(v)):
-      raise UserError(f"pretrained student weight {k} has shape {tuple(np.shape(v))}, the model "
-                      f"{tuple(flat[k].shape)}; use a checkpoint of the same architecture")
-    flat[k] = jnp.asarray(v, flat[k].dtype)
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
-def _pretrained(params, state, pretrained: Mapping[str, Any] | None):
-  """Initial variables overwritten by converted ImageNet weights; the classifier stays fresh."""
+  Weights the checkpoint lacks keep their fresh values (``strict=False``).
+  """
   if pretrained is None:
     return params, state
-  params = _merge_pretrained(params, pretrained["params"], skip=("fc", "classifier"))
-  state = {k: _merge_pretrained(v, pretrained.get(k, {}), skip=()) for k, v in state.items()}
+  kw = dict(strict=False, what=f"config.{what}", hint="use a checkpoint of the same architecture")
+  params = weights_lib.merge_pretrained(params, pretrained["params"], skip=("fc", "classifier"),
+                                        **kw)
+  state = {k: weights_lib.merge_pretrained(v, pretrained.get(k, {}), **kw)
+           for k, v in state.items()}
   return params, state
 
 
@@ -682,8 +664,8 @@ def make_setup(config: ml_collections.ConfigDict, data: Data) -> Setup:
   example = np.zeros((1, dcfg.num_segments, dcfg.crop_size, dcfg.crop_size, 3), np.float32)
   teacher = build_model(config.teacher, data.num_classes)
   if config.teacher.checkpoint:
-    converted = _load_checkpoint(config.teacher.checkpoint, config.teacher.model,
-                                 "teacher.checkpoint")
+    converted = _common.load_converted(config.teacher.checkpoint, "config.teacher.checkpoint",
+                                       config.teacher.model)
     teacher = converted.build()
   student = build_model(config.student, data.num_classes)
 
@@ -718,17 +700,15 @@ def make_setup(config: ml_collections.ConfigDict, data: Data) -> Setup:
                                tuple(config.param.stages))
   init_vars = teacher_init = None
   if config.student.init_checkpoint:
-    init_vars = _load_checkpoint(config.student.init_checkpoint, config.student.model,
-                                 "student.init_checkpoint").variables
+    init_vars = _common.load_converted(config.student.init_checkpoint,
+                                       "config.student.init_checkpoint",
+                                       config.student.model).variables
   if config.teacher.init_checkpoint and not config.teacher.checkpoint:
-    teacher_init = _load_checkpoint(config.teacher.init_checkpoint, config.teacher.model,
-                                    "teacher.init_checkpoint").variables
+    teacher_init = _common.load_converted(config.teacher.init_checkpoint,
+                                          "config.teacher.init_checkpoint",
+                                          config.teacher.model).variables
   return Setup(config, data, teacher, student, adapters, feature_shapes, pairs, example, init_vars,
                teacher_init)
-
-
-def _ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def _init_model(model: nn.Module, key: jax.Array, example: np.ndarray):
@@ -771,14 +751,14 @@ def teacher_stage(setup: Setup, eval_batches: _EvalBatches) -> train.Stage:
 
   def init_fn(key):
     return _pretrained(*_init_model(model, jax.random.fold_in(key, 1), example),
-                       setup.teacher_init_vars)
+                       setup.teacher_init_vars, "teacher.init_checkpoint")
 
   def loss_fn(params, model_state, frozen, batch, rng):
     del frozen
     (logits, _), new_state = model.apply({"params": params, **model_state}, batch["video"],
                                          train=True, mutable=list(model_state),
                                          rngs={"dropout": rng})
-    ce = _ce(logits, batch["label"])
+    ce = _common.mean_ce(logits, batch["label"])
     return ce, ({"ce": ce}, new_state)
 
   def eval_fn(params, model_state, frozen, batch):
@@ -822,7 +802,7 @@ def student_objective(setup: Setup, *, need_teacher: bool, mutual: bool):
     (logits, feats), new_state["student"] = student.apply(
         {"params": params["student"], **model_state["student"]}, x, train=True,
         mutable=list(model_state["student"]), rngs={"dropout": rng_s})
-    ce = _ce(logits, y)
+    ce = _common.mean_ce(logits, y)
     metrics = {"ce": ce}
     zero = jnp.zeros((), jnp.float32)
     kd = spec = zero
@@ -837,7 +817,7 @@ def student_objective(setup: Setup, *, need_teacher: bool, mutual: bool):
         (t_logits, t_feats), new_state["teacher"] = teacher.apply(
             {"params": params["teacher"], **model_state["teacher"]}, x, train=True,
             mutable=list(model_state["teacher"]), rngs={"dropout": rng_t})
-        t_ce = _ce(t_logits, y)
+        t_ce = _common.mean_ce(t_logits, y)
         t_kd = losses.hinton_kd_loss(t_logits, logits, temperature=tau).mean()
         teacher_loss = t_ce + config.collab.mutual_weight * t_kd
         metrics.update(teacher_ce=t_ce, teacher_kd=t_kd)
@@ -918,7 +898,7 @@ def _student_init_fn(setup: Setup, mutual_teacher: Mapping[str, Any] | None):
 
   def init_fn(key):
     s_params, s_state = _pretrained(*_init_model(student, jax.random.fold_in(key, 2), example),
-                                    pretrained)
+                                    pretrained, "student.init_checkpoint")
     params = {"student": s_params, "adapters": {}, "log_vars": jnp.zeros((len(TERMS),))}
     state = {"student": s_state, "adapters": {}}
     for i, (layer, adapter) in enumerate(adapters.items()):
@@ -947,6 +927,45 @@ def _host(tree: Any) -> Any:
       return np.asarray(a.addressable_data(0))
     return np.asarray(a)
   return jax.tree.map(one, tree)
+
+
+def _report_clips(eval_batches: _EvalBatches, num: int) -> np.ndarray:
+  """Up to ``num`` real evaluation clips (this process's share), for the spectra."""
+  out, have = [], 0
+  for batch in eval_batches(max(1, min(num, 16))):
+    keep = np.asarray(batch["mask"]).astype(bool)
+    out.append(np.asarray(batch["video"])[keep])
+    have += int(keep.sum())
+    if have >= num:
+      break
+  return np.concatenate(out)[:num]
+
+
+def report_spectra(setup: Setup, teacher_vars, init_fn, results: Mapping[Entry, Any],
+                   eval_batches: _EvalBatches) -> tuple[str, dict[str, dict[str, Any]]]:
+  """The report's layer and its :func:`spectra`: the teacher, the student at initialisation
+  (``'init'``, from the stages' shared ``init_fn``) and every trained student."""
+  config = setup.config
+  rep = config.report
+  layer = rep.spectrum_layer if rep.spectrum_layer in setup.adapters else config.spec.layers[-1]
+  clips = _report_clips(eval_batches, rep.num_clips)
+  init_params, init_state = compilation.jit(init_fn, preset="fastest")(jax.random.key(config.seed))
+  students = {"init": (init_params, init_state)}
+  students.update({e.stage_name: (r.state.params, r.state.model_state)
+                   for e, r in results.items()})
+  return layer, spectra(setup, teacher_vars, students, layer, clips)
+
+
+def learned_weights(config: ml_collections.ConfigDict, results: Mapping[Entry, Any]
+                    ) -> dict[str, dict[str, float]]:
+  """``exp(-s_i)`` of each uncertainty-weighted student at the end of training, per learned term."""
+  out = {}
+  for e, r in results.items():
+    if e.weighting == "uncertainty" and e.terms:
+      s = _host(r.state.params["log_vars"])
+      on = switches(e, config)["learned"]
+      out[e.stage_name] = {t: float(np.exp(-s[i])) for i, t in enumerate(TERMS) if on[i]}
+  return out
 
 
 def spectra(setup: Setup, teacher_vars, students: Mapping[str, Any], layer: str,
@@ -989,85 +1008,6 @@ def spectra(setup: Setup, teacher_vars, students: Mapping[str, Any], layer: str,
   return out
 
 
-def plot_spectra(curves: Mapping[str, Mapping[str, Any]], path: str, *, layer: str,
-                 before: str, after: str, baseline: str | None) -> None:
-  """Two panels: (a) in the teacher's channels, teacher vs student before / after distillation;
-  (b) each network's own features, normalised to unit sum (the shape of the spectrum)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-  t = np.asarray(curves["teacher"]["own"])
-  bins = np.arange(len(t))
-  ax1.plot(bins, t, "k-o", label="teacher")
-  for name, style, label in ((before, "C1--s", "student before distillation"),
-                             (after, "C0-^", "student after distillation")):
-    if name in curves and "adapted" in curves[name]:
-      ax1.plot(bins, curves[name]["adapted"], style, label=label)
-  ax1.set_xticks(bins)
-  ax2.set_xticks(bins)
-  ax1.set_yscale("log")
-  ax1.set_title(f"{layer}, in the teacher's channels (adapter)")
-  ax1.set_xlabel("temporal frequency bin (0 = DC)")
-  ax1.set_ylabel("mean amplitude")
-  ax1.legend(fontsize=8)
-  ax2.plot(bins, t / t.sum(), "k-o", label="teacher")
-  for name, style, label in ((baseline, "C2:d", "student, CE only"),
-                             (after, "C0-^", "student, distilled")):
-    if name and name in curves:
-      c = np.asarray(curves[name]["own"])
-      ax2.plot(bins, c / c.sum(), style, label=label)
-  ax2.set_yscale("log")
-  ax2.set_title(f"{layer}, own features (normalised)")
-  ax2.set_xlabel("temporal frequency bin (0 = DC)")
-  ax2.set_ylabel("share of amplitude")
-  ax2.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------
-# Report.
-
-
-def ablation_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """The markdown ablation table: per stage top-1/top-5 and the change from the baseline."""
-  from kd_jax import report  # pylint: disable=g-import-not-at-top
-  return report.markdown_table(
-      ["stage", "objective", "top-1", "top-5", "top-1 vs CE", "agreement with teacher"],
-      [[r["stage"], r["objective"], report.fmt(r["top1"], 3), report.fmt(r["top5"], 3),
-        report.fmt(r.get("delta"), 3, signed=True), report.fmt(r.get("agreement"), 3)]
-       for r in rows])
-
-
-def inferred_choices(config: ml_collections.ConfigDict) -> list[str]:
-  """The inferred (not paper-confirmed) settings in effect, one line each, for the report."""
-  sp, pr, co = config.spec, config.param, config.collab
-  reading = {"dct": "2-D DCT-II energy", "hist": "weight-value soft histogram"}.get(pr.reading,
-                                                                                  "off")
-  return [
-      f"spectrum: taps {', '.join(sp.layers)}; {sp.mode} spectrum (rFFT over T, ortho), norm "
-      f"{sp.norm}, {sp.distance} distance, "
-      f"{'spatially pooled' if sp.pool_spatial else 'per location'}, "
-      f"1x1 adapter{' + BN' if sp.adapter_bn else ''} on the student, weight {sp.weight:g}",
-      f"parameter distribution: reading {pr.reading} ({reading}), "
-      f"{pr.divergence} divergence, stages {tuple(pr.stages)}, all k >= 3 kernels of a stage "
-      f"pooled, weight {pr.weight:g}",
-      f"collaboration: {co.weighting} weighting (CE {'in' if co.weight_ce else 'outside'} it), "
-      f"teacher {'trained online (mutual)' if co.mutual else 'frozen'} by default",
-      f"logit KD: temperature {config.kd.temperature:g}, weight {config.kd.weight:g}",
-      f"backbones: teacher {config.teacher.model}, student {config.student.model}, "
-      f"{config.data.num_segments} segments",
-  ]
-
-
-def _write_report(workdir, text: str) -> None:
-  if jax.process_index() == 0:
-    (workdir / "report.md").write_text(text)
-
-
 # ------------------------------------------------------------------------------------------------
 # The run.
 
@@ -1076,10 +1016,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the teacher and every ablation entry's student; writes results.json and report.md."""
   t_start = time.monotonic()
   _check_config(config)
-  entries = [parse_entry(e, config.collab) for e in config.ablation]
-  names = [e.stage_name for e in entries]
-  if len(set(names)) != len(names):
-    raise UserError(f"config.ablation names a stage twice: {list(config.ablation)}")
+  entries = parse_ablation(config)
   data = load_data(config)
   setup = make_setup(config, data)
   runner = train.Runner(config, workdir)
@@ -1089,8 +1026,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # 1. The teacher.
   t0 = time.monotonic()
   if config.teacher.checkpoint:
-    converted = _load_checkpoint(config.teacher.checkpoint, config.teacher.model,
-                                 "teacher.checkpoint")
+    converted = _common.load_converted(config.teacher.checkpoint, "config.teacher.checkpoint",
+                                       config.teacher.model)
     teacher_vars = jax.tree.map(np.asarray, dict(converted.variables))
     teacher_result = None
   else:
@@ -1112,114 +1049,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     timings[entry.stage_name] = time.monotonic() - t0
 
   # 3. Spectra before and after distillation, and the report.
-  rep = config.report
-  layer = rep.spectrum_layer if rep.spectrum_layer in setup.adapters else config.spec.layers[-1]
-  clips = _report_clips(eval_batches, rep.num_clips)
   baseline = next((e for e in entries if not e.terms), None)
   distilled = next((e for e in entries if "spec" in e.terms and len(e.terms) == 3),
                    next((e for e in entries if "spec" in e.terms), None))
-  init_params, init_state = compilation.jit(init_fn, preset="fastest")(jax.random.key(config.seed))
-  students = {"init": (init_params, init_state)}
-  students.update({e.stage_name: (r.state.params, r.state.model_state)
-                   for e, r in results.items()})
-  curves = spectra(setup, teacher_vars, students, layer, clips)
-
-  base_top1 = results[baseline].metrics.get("top1") if baseline else None
-  rows = [{"stage": "teacher", "objective": f"{config.teacher.model}, "
-           + ("converted checkpoint" if config.teacher.checkpoint else "CE"),
-           "top1": teacher_metrics.get("top1", float("nan")),
-           "top5": teacher_metrics.get("top5", float("nan")), "delta": None, "agreement": None}]
-  learned_weights = {}
-  for e, r in results.items():
-    m = r.metrics
-    rows.append({"stage": e.stage_name, "objective": e.label, "top1": m.get("top1", float("nan")),
-                 "top5": m.get("top5", float("nan")),
-                 "delta": None if base_top1 is None or e is baseline else m["top1"] - base_top1,
-                 "agreement": m.get("teacher_agreement")})
-    if e.weighting == "uncertainty" and e.terms:
-      s = _host(r.state.params["log_vars"])
-      on = switches(e, config)["learned"]
-      learned_weights[e.stage_name] = {t: float(np.exp(-s[i])) for i, t in enumerate(TERMS)
-                                       if on[i]}
-  table = ablation_table(rows)
-  spec_rows = []
-  for name in ["init"] + [e.stage_name for e in entries]:
-    if "spectrum_loss" in curves.get(name, {}):
-      spec_rows.append(f"| {name} | {curves[name]['spectrum_loss']:.4g} |")
-
+  layer, curves = report_spectra(setup, teacher_vars, init_fn, results, eval_batches)
+  rows = _spectral_report.ablation_rows(config, teacher_metrics, results, baseline)
+  learned = learned_weights(config, results)
   plot_path = None
   if jax.process_index() == 0 and distilled is not None:
-    plot_path = "spectra.png"
-    plot_spectra(curves, os.fspath(runner.workdir / plot_path), layer=layer, before="init",
-                 after=distilled.stage_name, baseline=baseline.stage_name if baseline else None)
+    plot_path = _spectral_report.PLOT
+    _spectral_report.plot_spectra(
+        curves, os.fspath(runner.workdir / plot_path), layer=layer, before="init",
+        after=distilled.stage_name, baseline=baseline.stage_name if baseline else None)
   timings["total"] = time.monotonic() - t_start
   extra = {
       "ablation": rows,
-      "learned_weights": learned_weights,
+      "learned_weights": learned,
       "spectra": {"layer": layer, "curves": curves},
       "pairs": [{"stage": p.stage, "student": list(p.student), "teacher": list(p.teacher)}
                 for p in setup.pairs],
       "data": data.description,
-      "inferred": inferred_choices(config),
+      "inferred": _spectral_report.inferred_choices(config),
       "seconds": timings,
   }
   results_json = runner.write_results(extra)
-
-  report = [
-      "# Spectral KD: collaborative distillation in the parameter and spectrum domains",
-      "",
-      f"Data: {data.description}. Teacher {config.teacher.model}, student {config.student.model}, "
-      f"{config.data.num_segments} segments of {config.data.crop_size}x{config.data.crop_size}.",
-      "",
-      "## Ablation (evaluation split, one centre clip per video)",
-      "",
-      table,
-      "",
-  ]
-  if learned_weights:
-    report += ["Learned uncertainty weights exp(-s_i) at the end of training:", ""]
-    report += [f"- {k}: " + ", ".join(f"{t} {w:.3g}" for t, w in v.items())
-               for k, v in learned_weights.items()]
-    report.append("")
-  if spec_rows:
-    report += [f"## Temporal spectrum of {layer}", "",
-               "Spectrum loss of the adapted student features against the teacher's (lower is "
-               "closer; `init` is the student before training):", "",
-               "| student | spectrum loss |", "|---|---|", *spec_rows, ""]
-  if plot_path:
-    report += [f"![temporal amplitude spectra]({plot_path})", "",
-               "Left: mean amplitude per temporal frequency bin in the teacher's channel space, "
-               "for the teacher and for the student (through its adapter) before and after "
-               "distillation. Right: each network's own features, normalised to unit sum.", ""]
-  if setup.pairs:
-    report += ["## Kernel pairing (parameter distillation)", "",
-               "| stage | student kernels | teacher kernels | size |", "|---|---|---|---|"]
-    report += [f"| {p.stage} | {len(p.student)} | {len(p.teacher)} | "
-               f"{p.kernel_size[0]}x{p.kernel_size[1]} |" for p in setup.pairs]
-    report.append("")
-  report += ["## Inferred choices in effect (the paper's text was not available)", ""]
-  report += [f"- {line}" for line in inferred_choices(config)]
-  report += ["", f"Wall time: {timings['total']:.0f} s "
-             + "(" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total") + ")",
-             ""]
-  _write_report(runner.workdir, "\n".join(report))
-  if jax.process_index() == 0:
-    print("\n".join([f"spectral KD ({data.description}), evaluation top-1 / top-5:", table,
-                     f"report: {runner.workdir / 'report.md'}",
-                     f"results: {runner.workdir / 'results.json'}"]), flush=True)
+  _spectral_report.write(
+      config, runner.workdir, data.description, rows=rows, learned_weights=learned,
+      curves=curves, layer=layer, students=["init"] + [e.stage_name for e in entries],
+      plot_path=plot_path, pairs=setup.pairs, timings=timings)
   return results_json
-
-
-def _report_clips(eval_batches: _EvalBatches, num: int) -> np.ndarray:
-  """Up to ``num`` real evaluation clips (this process's share), for the spectra."""
-  out, have = [], 0
-  for batch in eval_batches(max(1, min(num, 16))):
-    keep = np.asarray(batch["mask"]).astype(bool)
-    out.append(np.asarray(batch["video"])[keep])
-    have += int(keep.sum())
-    if have >= num:
-      break
-  return np.concatenate(out)[:num]
 
 
 def _evaluate_teacher(setup: Setup, teacher_vars, eval_batches: _EvalBatches,

@@ -285,7 +285,7 @@ def map_state_dict(
   """
   flat: dict[tuple[str, ...], np.ndarray] = {}
   used, missing, mismatched = set(), [], []
-  for path, leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract)).items():
+  for path, leaf in flax.traverse_util.flatten_dict(abstract).items():
     collection, sub = path[0], path[1:]
     key = torch_key(collection, sub)
     if key not in state_dict:
@@ -362,8 +362,7 @@ def load_converted(path: str) -> Converted:
     target = None
     if spec is not None:
       abstract = abstract_variables(model, spec.dummy_input({}, meta["model_kwargs"]))
-      target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                            flax.core.unfreeze(abstract))
+      target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
     variables = ckptr.restore(
         path, ocp.args.Composite(variables=ocp.args.StandardRestore(target))).variables
   return Converted(dict(variables), meta["model"], dict(meta["model_kwargs"]))

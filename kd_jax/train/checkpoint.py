@@ -1,13 +1,17 @@
-"""Checkpoints of a stage: train state, data-iterator state and metadata, saved together by orbax.
+"""Checkpoints of a stage: train state, data-iterator state and metadata, saved together by orbax;
+and the weights a run exports (:func:`save_variables`, :func:`load_variables`).
 
-All orbax use lives here (jax_stack.md section 6), so a later move to orbax's v1 API stays local.
-Saves are asynchronous; a checkpoint becomes visible only once complete, so a process killed
-mid-save resumes from the previous one. The metadata records the structure of the state, and a
-checkpoint whose structure differs from what the config builds is refused, never reinterpreted.
+All orbax use of the engine and the methods lives here (jax_stack.md section 6), so a later move
+to orbax's v1 API stays local (``kd_jax.models.convert`` keeps its own: models do not import the
+engine). Stage saves are asynchronous; a checkpoint becomes visible only once complete, so a
+process killed mid-save resumes from the previous one. The metadata records the structure of the
+state, and a checkpoint whose structure differs from what the config builds is refused, never
+reinterpreted.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from etils import epath
@@ -95,3 +99,27 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+# ----------------------------------------------------------------------------- exported weights
+
+
+def save_variables(path: str | os.PathLike[str], variables: Any, meta: dict[str, Any]) -> None:
+  """Writes ``variables`` and the JSON ``meta`` as one orbax checkpoint at ``path`` (replaced).
+
+  For weights a run hands out (GenKD's ``student.ckpt``), read back by :func:`load_variables`.
+  """
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(os.path.abspath(os.fspath(path)),
+               ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                  meta=ocp.args.JsonSave(dict(meta))), force=True)
+
+
+def load_variables(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """``(variables, meta)`` of a checkpoint written by :func:`save_variables`."""
+  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    meta = ckptr.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    variables = ckptr.restore(
+        path, ocp.args.Composite(variables=ocp.args.StandardRestore())).variables
+  return dict(variables), dict(meta)

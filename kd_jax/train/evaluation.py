@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kd_jax import losses
+
 
 def classification_sums(
     logits: jax.Array,
@@ -37,8 +39,8 @@ def classification_sums(
   if teacher_logits is not None:
     t = teacher_logits.astype(jnp.float32)
     agree = jnp.argmax(logits, -1) == jnp.argmax(t, -1)
-    log_p_t, log_p_s = jax.nn.log_softmax(t), jax.nn.log_softmax(logits)
-    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    # KL(p_t || p_s) per example: Hinton's loss at T = 1, where its T^2 factor is 1.
+    kl = losses.hinton_kd_loss(logits, t, temperature=1.0)
     sums["teacher_agreement"] = jnp.sum(mask * agree)
     sums["teacher_kl"] = jnp.sum(mask * kl)
   return sums

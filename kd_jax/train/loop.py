@@ -93,8 +93,23 @@ class Stage:
 
 @dataclasses.dataclass
 class StageResult:
+  """What a stage leaves to the stages and reports after it.
+
+  Attributes:
+    state: the final train state.
+    metrics: the final evaluation (``{}`` without one).
+    history: every evaluation of the stage as ``(step, metrics)``, in step order; kept in the
+      checkpoints, so a resumed or restored stage has all of it.
+  """
+
   state: steps_lib.TrainState
   metrics: dict[str, float]
+  history: list[tuple[int, dict[str, float]]] = dataclasses.field(default_factory=list)
+
+  def best(self, key: str = "top1") -> tuple[int, float] | None:
+    """``(step, value)`` of the evaluation with the highest ``key`` (the earliest on ties)."""
+    scored = [(step, m[key]) for step, m in self.history if key in m]
+    return max(scored, key=lambda sv: (sv[1], -sv[0])) if scored else None
 
 
 class _StopSignal:
@@ -137,6 +152,7 @@ class Runner:
     self.mesh = mesh_lib.make_mesh(config.get("mesh", {}).get("num_devices", -1))
     self.writer = metrics_lib.MetricWriter(self.workdir)
     self.results: dict[str, dict[str, float]] = {}
+    self._predict_fns: dict[Callable[..., Any], Callable[..., Any]] = {}
 
   # -- One stage --------------------------------------------------------------------------
 
@@ -166,15 +182,17 @@ class Runner:
     latest = ckpt.latest_step()
     if latest is not None:
       state, meta = ckpt.restore(latest, steps.abstract_state, data)
+      history = [(int(step), m) for step, m in meta.get("evals", [])]
       if latest >= stage.num_steps:
         logging.info("Stage %s finished earlier (step %d); restored its final state.",
                      stage.name, latest)
         metrics = meta.get("eval", {})
         self.results[stage.name] = metrics
-        return StageResult(state, metrics)
+        return StageResult(state, metrics, history)
       logging.info("Stage %s resumes from step %d of %d.", stage.name, latest, stage.num_steps)
       self.writer.drop_after(stage.name, latest)
     else:
+      history = []
       state = steps.init(jax.random.key(self.config.seed))
       if jax.process_index() == 0:
         logging.info("Stage %s: %d trainable parameters, %d steps of %d clips.", stage.name,
@@ -203,14 +221,15 @@ class Runner:
           progress.update(step, scalars["loss"])
         else:
           progress.update(step)
-        if stage.eval_every and step % stage.eval_every == 0 and step < stage.num_steps:
-          eval_metrics = self._evaluate(stage, steps, state, frozen, per_host, step)
         final = step == stage.num_steps
         if final:
           self._check_finite(stage.name, step, step_metrics)
+        if final or (stage.eval_every and step % stage.eval_every == 0):
           eval_metrics = self._evaluate(stage, steps, state, frozen, per_host, step)
+          if eval_metrics:
+            history.append((step, eval_metrics))
         preempt = stop.received or ckpt.reached_preemption(step)
-        meta = {"stage": stage.name, "step": step, "eval": eval_metrics}
+        meta = {"stage": stage.name, "step": step, "eval": eval_metrics, "evals": history}
         ckpt.save(step, state, data, meta, force=final or preempt)
         if preempt:
           ckpt.wait()
@@ -222,7 +241,7 @@ class Runner:
     if eval_metrics:
       logging.info("Stage %s: %s", stage.name,
                    ", ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
-    return StageResult(state, eval_metrics)
+    return StageResult(state, eval_metrics, history)
 
   def _check_finite(self, stage: str, step: int, step_metrics: dict[str, jax.Array]) -> None:
     if float(jax.device_get(step_metrics["finite"])) > 0:
@@ -242,6 +261,36 @@ class Runner:
     metrics = evaluation.finalize(sums)
     self.writer.write(stage.name + "/eval", step, metrics)
     return metrics
+
+  # -- Inference over a dataset ------------------------------------------------------------
+
+  def predict(self, fn: Callable[[Any, Any], dict[str, jax.Array]], variables: Any,
+              batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``fn(variables, batch)`` over a dataset: every output for every example, on every process.
+
+    ``batches`` are this process's shares of the global batches with ``'mask'`` (0 on padding),
+    as ``Stage.eval_data`` yields them; every process must yield the same number. ``fn`` returns
+    per-example arrays ``[B, ...]``; they come back as NumPy arrays ``[N, ...]`` in the order of
+    the global batches, padding dropped, the same on every process (the outputs are replicated
+    before they leave the devices, so this is safe on many hosts). ``fn`` is compiled once per
+    runner and batch shape.
+    """
+    compiled = self._predict_fns.get(fn)
+    if compiled is None:
+      def with_mask(variables, batch):
+        return {**fn(variables, batch), "mask": batch["mask"]}
+      compiled = compilation.jit(with_mask, in_shardings=(mesh_lib.replicated(self.mesh),
+                                                          mesh_lib.batch_sharded(self.mesh)),
+                                 out_shardings=mesh_lib.replicated(self.mesh))
+      self._predict_fns[fn] = compiled
+    variables = jax.device_put(variables, mesh_lib.replicated(self.mesh))
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+      out = jax.device_get(compiled(variables, mesh_lib.host_to_global(batch, self.mesh)))
+      keep = np.asarray(out.pop("mask")) > 0
+      for key, value in out.items():
+        parts.setdefault(key, []).append(np.asarray(value)[keep])
+    return {key: np.concatenate(values) for key, values in parts.items()}
 
   # -- The whole run ----------------------------------------------------------------------
 
