@@ -11,15 +11,22 @@ The class count comes from the dataset (51): the official code's hard-coded
 Kinetics classifier is replaced by a fresh 51-way one. The official HMDB-51 script additionally
 scales frames to a short side of 240 before cropping; the prepared records are used as stored.
 
-Hyper-parameters and cost as ``configs/genkd_ucf101.py`` (3.6k training clips per split, so about
-40 % of its time).
+Hyper-parameters: the ``recipe`` of ``configs/genkd_ucf101.py`` (loaded here). Cost as that
+config's (3.6k training clips per split, so about 40 % of its time).
 Variants: ``smoke``, as ``configs/genkd_ucf101.py``'s.
 """
 
+import pathlib
+
 import ml_collections
 
+from kd_jax import train
 from kd_jax.methods import genkd
+
+genkd_ucf101 = train.config_module(pathlib.Path(__file__).with_name("genkd_ucf101.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return genkd.paper_config(arg, config_file="configs/genkd_hmdb51.py", dataset="hmdb51/split1")
+  variant = train.parse_arg(arg, allowed={"smoke"}, config_file="configs/genkd_hmdb51.py")
+  config = genkd_ucf101.recipe("hmdb51", "split1")
+  return genkd.smoke_variant(config) if "smoke" in variant else config

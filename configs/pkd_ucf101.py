@@ -1,35 +1,36 @@
-r"""PKD + WISE on UCF-101 with the paper's settings (arXiv 2407.02713; specs/pkd_wise.md 6.1-6.3).
+r"""PKD + WISE on UCF-101: the paper's recipe of ``configs/pkd_hmdb.py`` with UCF-101's WISE settings.
 
-  python -m kd_jax.main --config configs/pkd_ucf101.py [--workdir gs://bucket/pkd_ucf1]
-  python -m kd_jax.main --config configs/pkd_ucf101.py:split=2              # split 2 (1, 2 or 3)
-  python -m kd_jax.main --config configs/pkd_ucf101.py --config.splits=1,2,3 --config.seeds=4711,1,736
-  python -m kd_jax.main --config configs/pkd_ucf101.py:smoke   # a few real steps of every stage (112x112)
+  python -m kd_jax.main --config configs/pkd_ucf101.py[:split=N] [--workdir gs://bucket/pkd_ucf1]
+  python -m kd_jax.main --config configs/pkd_ucf101.py:smoke   # a few real steps of every stage
+
+Split N is 1, 2 or 3 (default 1); ``--config.splits=1,2,3 --config.seeds=4711,1,736`` runs several
+and reports mean and std. The smoke variant trains the full-size networks at 112x112 on the
+prepared data, to check a set-up.
 
 Data: UCF-101 prepared once per split (docs/data.md):
   python -m kd_jax.data.prepare ucf101/split1 --manual_dir ~/downloads/ucf101 --workers 8
-Initialisation: set ``networks.{residual,mv,iframe}.init_checkpoint`` to converted PyTorch
-checkpoints (``python -m kd_jax.models.convert``; the paper starts from Kinetics-400 compressed-domain
-checkpoints, spec 9 item 13); left empty, the networks start from random weights and will be far
-below the paper's accuracies.
-
-Pipeline: residual ResNet-18, MV ResNet-18 (batch 80) and I-frame ResNet-50 (batch 40) fine-tuned
-for 510 epochs (Adam eps 1e-3, coupled L2 1e-4, lr 0.005 / 0.01 / 3e-4 with x0.1 / x0.01 groups,
-x0.1 at epochs 150/270/390); ICs for 150 (CE) and 300 (PKD, curriculum MV 0-49, R 50-99, own
-100-299) epochs, batch 32, 256x256 training crops; logits and WISE for (MV/R/I segments) 3/5/3, 3/3/3,
-1/1/1, 1/2/1 and 1/2/2. Model selection: best test-split evaluation reported beside the last.
+Initialisation and pipeline: the ``recipe`` of ``configs/pkd_hmdb.py`` (loaded here; converted
+Kinetics-400 checkpoints in ``networks.*.init_checkpoint``), with UCF-101's WISE settings (MV/R/I
+segments) 3/5/3, 3/3/3, 1/1/1, 1/2/1 and 1/2/2.
 
 Cost: the backbones dominate (510 epochs x 9 537 videos x 3 segments per network): on the order of
-a day per split on one modern GPU with enough data-loading cores (``data.workers``); decoding is
-CPU-bound (docs/data.md). Several splits or seeds multiply it.
+a day per split on one modern GPU with enough data-loading cores (``data.num_workers``); decoding
+is CPU-bound (docs/data.md). Several splits or seeds multiply it.
 """
+
+import pathlib
 
 import ml_collections
 
+from kd_jax import train
 from kd_jax.methods import pkd
+
+pkd_hmdb = train.config_module(pathlib.Path(__file__).with_name("pkd_hmdb.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """``arg``: '' | 'split=N' | 'smoke' (a few real steps of every stage, for checking a set-up)."""
-  return pkd.paper_config(arg, dataset="ucf101", display_name="UCF-101",
-                          config_file="configs/pkd_ucf101.py",
-                          wise_settings=((3, 5, 3), (3, 3, 3), (1, 1, 1), (1, 2, 1), (1, 2, 2)))  # spec 5.4
+  """``arg``: '' | 'split=N' | 'smoke' | 'split=N,smoke'."""
+  variant = train.parse_arg(arg, allowed=pkd_hmdb.VARIANTS, config_file="configs/pkd_ucf101.py")
+  config = pkd_hmdb.recipe("ucf101", split=variant.get("split", 1))
+  config.wise.settings = ((3, 5, 3), (3, 3, 3), (1, 1, 1), (1, 2, 1), (1, 2, 2))  # spec 5.4
+  return pkd.smoke_variant(config) if variant.get("smoke") else config

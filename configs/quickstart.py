@@ -21,25 +21,24 @@ resumes, or re-prints a finished run.
 
 import ml_collections
 
+from kd_jax import train
 from kd_jax.methods import pkd
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", "smoke"):
-    raise ValueError(f"configs/quickstart.py has no variant {arg!r}; use configs/quickstart.py or "
-                     "configs/quickstart.py:smoke")
-  config = pkd.default_config()
+  variant = train.parse_arg(arg, allowed={"smoke"}, config_file="configs/quickstart.py")
+  config = pkd.base_config()
   config.seed = 0
   config.joint_networks = True
   config.train.log_every = 20
   config.train.checkpoint_every = 100
 
   d = config.data
-  d.dataset, d.config, d.data_dir, d.auto_prepare = "synthetic_actions", "custom", "data/tfds", True
+  d.name, d.config, d.data_dir, d.auto_prepare = "synthetic_actions", "custom", "data/tfds", True
   d.crop_size, d.resize_size = 48, 0  # eval: centre crop of the stored 64x48 frames
   d.train_sampling = d.ic_train_sampling = "fused"  # one decoded cache serves every stage
   d.eval_sampling = d.logits_sampling = "coviar"
-  d.cache_views, d.workers = 4, 0
+  d.cache_views, d.num_workers = 4, 0
 
   for name in pkd.NETWORKS:
     n = config.networks[name]
@@ -58,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.wise.settings = ((1, 1, 1), (1, 2, 1), (3, 3, 3))
   config.wise.thresholds = (1.0, 0.9999, 0.999, 0.99, 0.95, 0.9, 0.8)
 
-  if arg == "smoke":
+  if "smoke" in variant:
     d.config = "tiny"  # 4 classes x (3 train + 2 test) clips
     d.crop_size, d.cache_views = 32, 1
     d.train_segments, d.eval_segments = 2, 1

@@ -16,18 +16,25 @@ gradient clip 20, dropout 0.5; eval centre crop 224 of 256, one clip. ImageNet i
 Stages: teacher (CE), then the student with CE, KD, spectrum, parameter distribution and all
 together (learned uncertainty weighting).
 
+Built by ``tsm_config`` of ``configs/spectral_ssv2.py`` with the numbers below.
+
 Cost: about 93k steps per stage at batch 64. Variants: ``r18`` (TSM-ResNet-18 student), ``smoke``
 (tiny models, 3 steps per stage, on a prepared dataset).
 """
 
+import pathlib
+
 import ml_collections
 
-from kd_jax.methods import spectral
+from kd_jax import train
+
+spectral_ssv2 = train.config_module(pathlib.Path(__file__).with_name("spectral_ssv2.py"))
 
 NUM_TRAIN = 118_562  # Jester V1 train videos
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return spectral.paper_config(
-      arg, config_file="configs/spectral_jester.py", dataset="jester", flip="off",
-      num_train=NUM_TRAIN, epochs=50, batch=64, lr=0.01, weight_decay=5e-4)
+  return spectral_ssv2.tsm_config(
+      arg, config_file="configs/spectral_jester.py", name="jester",
+      num_train=NUM_TRAIN, flip="off",  # "Swiping Left" / "Swiping Right"
+      epochs=50, batch=64, lr=0.01, weight_decay=5e-4)

@@ -18,19 +18,26 @@ Stages: teacher (CE), then the student with CE, KD, spectrum, parameter distribu
 together (learned uncertainty weighting); every inferred choice is a field of ``config.spec``,
 ``config.param``, ``config.collab`` and ``config.kd``.
 
+Built by ``tsm_config`` of ``configs/spectral_ssv2.py`` with the numbers below.
+
 Cost: about 94k steps per stage at batch 128 (a TPU pod or a GPU cluster; days on 8 GPUs for the six
 stages). Variants: ``r18`` (TSM-ResNet-18 student), ``smoke`` (tiny models, 3 steps per stage, on a
 prepared kinetics400; a CPU check of the wiring).
 """
 
+import pathlib
+
 import ml_collections
 
-from kd_jax.methods import spectral
+from kd_jax import train
+
+spectral_ssv2 = train.config_module(pathlib.Path(__file__).with_name("spectral_ssv2.py"))
 
 NUM_TRAIN = 240_436  # Kinetics-400 train clips in the official list (fewer once downloaded)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return spectral.paper_config(
-      arg, config_file="configs/spectral_kinetics.py", dataset="kinetics400", flip="on",
-      num_train=NUM_TRAIN, epochs=50, batch=128, lr=0.02, weight_decay=1e-4)
+  return spectral_ssv2.tsm_config(
+      arg, config_file="configs/spectral_kinetics.py", name="kinetics400",
+      num_train=NUM_TRAIN, flip="on",
+      epochs=50, batch=128, lr=0.02, weight_decay=1e-4)

@@ -195,7 +195,7 @@ def test_optimizer_groups_follow_the_jax_rules(name):
   x = _sds(1, size.frames, size.crop, size.crop, 3)
   rw = tm.resnet_width(size.width)
   if name.startswith("pkd"):
-    config = pkd.default_config()
+    config = pkd.base_config()
     net_name = "iframe" if name.endswith("r50") else "residual"
     cfg = config.networks[net_name]
     opt_cfg = dict(learning_rate=cfg.lr, weight_decay=config.backbone.weight_decay,

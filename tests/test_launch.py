@@ -282,6 +282,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(sys.prefix == sys.base_prefix or not sys.platform.startswith("linux"),
                     reason="needs a virtual environment with kd_jax, on Linux")
+@pytest.mark.slow
 def test_tpu_run_logs_and_stop_on_a_fake_worker(fake_gcloud):
   """The real remote command lines, run on this machine as a one-worker 'slice'."""
   env, tmp = fake_gcloud
@@ -549,6 +550,7 @@ def _assert_gathered(log_dir: pathlib.Path, result: subprocess.CompletedProcess)
     assert f"process {i} of 2: 2 local / 4 global, sum 3" in log, log
 
 
+@pytest.mark.slow
 def test_local_joins_real_jax_distributed_processes(tmp_path):
   """The environment local.sh gives each process is enough for jax.distributed, end to end."""
   _assert_gathered(tmp_path / "logs", _local_jax(tmp_path, "logs"))
@@ -570,6 +572,7 @@ def test_local_stops_a_process_still_running_after_the_others_finished(tmp_path)
   assert "process 1 hangs" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_process_waits_for_a_late_peer_only_up_to_the_shutdown_timeout(tmp_path):
   """Process 1 never reaches the shutdown barrier: process 0 leaves after KD_JAX_SHUTDOWN_TIMEOUT_S
   (XLA aborts it, naming the missing process), and local.sh stops process 1."""

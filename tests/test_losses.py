@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.fft as scipy_fft
 
 from kd_jax import losses
 
@@ -427,7 +428,6 @@ def test_mismatched_shapes_name_both_shapes():
 
 
 def test_dct_matrix_is_scipy_orthonormal_dct():
-  scipy_fft = pytest.importorskip("scipy.fft")
   for n in (1, 2, 3, 7):
     x = np.random.default_rng(n).normal(size=(n, 4))
     np.testing.assert_allclose(

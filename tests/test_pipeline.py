@@ -69,6 +69,7 @@ def test_restored_iterator_continues_with_the_same_batches(train_src):
   _assert_batches_equal([next(restored) for _ in range(3)], expected)
 
 
+@pytest.mark.slow  # starts grain worker processes (twice: fresh, then restored)
 def test_worker_processes_give_the_same_batches_and_restore(train_src):
   make = lambda workers: pipeline.make_train(train_src, SMALL, batch_size=2, seed=1,
                                              num_workers=workers, process_index=0,
@@ -167,17 +168,3 @@ def test_flip_is_off_by_default_for_direction_sensitive_data(train_src):
   assert not pipeline.resolve_flip(SMALL, train_src)
   assert pipeline.resolve_flip(pipeline.make_spec("rgb_clip", flip=True), train_src)
   assert pipeline.resolve_flip(SMALL, list(range(3)))  # a source of unknown origin
-
-
-def test_global_batch(train_src, cpu_devices):
-  mesh = jax.sharding.Mesh(np.array(cpu_devices), ("data",))
-  sharding = pipeline.batch_sharding(mesh)
-  (host,) = _take(pipeline.make_eval(train_src, SMALL, batch_size=8, process_index=0,
-                                     process_count=1), 1)
-  arrays = pipeline.global_batch(host, sharding)
-  assert arrays["video"].shape == (8, 2, 16, 16, 3)
-  assert arrays["video"].sharding == sharding
-  assert len(arrays["video"].addressable_shards) == 8
-  np.testing.assert_array_equal(np.asarray(arrays["label"]), host["label"])
-  with pytest.raises(ValueError, match="divisible by 8"):
-    pipeline.global_batch({k: v[:6] for k, v in host.items()}, sharding)

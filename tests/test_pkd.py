@@ -64,31 +64,33 @@ def test_curriculum_scales_to_the_budget_and_other_schedules():
     pkd.curriculum("mv_first", "mv", 10, BOUNDS)
 
 
-def test_batches_tag_the_phase_and_resume():
+def test_the_teacher_phase_follows_the_step():
+  spe, epochs, bounds = 5, 6, (1 / 3, 2 / 3)  # epochs 0-1, 2-3, 4-5
+  at = jax.jit(lambda step: pkd.teacher_phase_at(step, spe, epochs, bounds))
+  assert [int(at(jnp.int32(s))) for s in range(30)] == [0] * 10 + [1] * 10 + [2] * 10
+  assert [int(at(jnp.int32(s))) for s in range(0, 30, 5)] == [
+      pkd.teacher_phase(e, epochs, bounds) for e in range(6)]
+  assert int(pkd.teacher_phase_at(jnp.int32(7), spe, epochs, ())) == 0  # one-teacher schedules
+
+
+def test_batches_resume_before_their_iterator_is_built():
   arrays = {"x": np.arange(20, dtype=np.float32), "label": np.zeros(20, np.int32)}
-  spe = 5  # 20 examples, batch 4
-  phase = lambda step: pkd.teacher_phase(step // spe, 6, (1 / 3, 2 / 3))  # epochs 0-1, 2-3, 4-5
 
   def make():
-    return pkd.Batches(lambda: train.ArrayIterator(arrays, global_batch_size=4,
-                                                   per_host_batch_size=4, seed=0), phase)
+    return pkd.Batches(lambda: train.train_batches(arrays, global_batch_size=4,
+                                                   per_host_batch_size=4, seed=0))
 
-  it = make()
-  tags = [int(next(it)["teacher"][0]) for _ in range(30)]
-  assert tags == [0] * 10 + [1] * 10 + [2] * 10
   a = make()
   for _ in range(12):
     next(a)
-  state = a.get_state()
   b = make()
-  b.set_state(state)  # before the inner iterator exists: applied when it is built
-  x, y = next(a), next(b)
-  np.testing.assert_array_equal(x["x"], y["x"])
-  assert int(x["teacher"][0]) == int(y["teacher"][0]) == 1
+  b.set_state(a.get_state())  # before the inner iterator exists: applied when it is built
+  for _ in range(3):
+    np.testing.assert_array_equal(next(a)["x"], next(b)["x"])
 
 
 def test_host_init_matches_the_model_variables():
-  config = pkd.default_config()
+  config = pkd.base_config()
   for name in pkd.NETWORKS:
     config.networks[name].model_kwargs = {"width": 8, "stage_sizes": (1, 1, 1, 1)}
   nets = pkd.build_networks(config, 5)
@@ -110,7 +112,7 @@ def test_host_init_matches_the_model_variables():
 
 
 def test_ic_heads_follow_the_backbone_dtype():
-  config = pkd.default_config()
+  config = pkd.base_config()
   for name in pkd.NETWORKS:
     config.networks[name].model_kwargs = {"width": 8, "stage_sizes": (1, 1, 1, 1)}
   config.networks["mv"].model_kwargs.dtype = "bfloat16"
@@ -141,6 +143,24 @@ def test_missing_dataset_names_the_prepare_command(tmp_path):
                                 timeout=120))
   assert f"python -m kd_jax.data.prepare hmdb51/split2 --data_dir {tmp_path}" in line
   assert "--manual_dir" in line
+
+
+def test_ic_gains_are_pkd_minus_ce_against_hand_values():
+  # Two evaluations per stage, at steps 4 and 8 (4 steps per epoch). R1: PKD better; R2: PKD
+  # worse; R3: a tie. The expected numbers are written out, not computed like the code does.
+  ce = [(4, {"R1/top1": 0.25, "R2/top1": 0.5, "R3/top1": 0.5}),
+        (8, {"R1/top1": 0.5, "R2/top1": 0.25, "R3/top1": 0.5})]
+  kd = [(4, {"R1/top1": 0.75, "R2/top1": 0.25, "R3/top1": 0.5}),
+        (8, {"R1/top1": 0.625, "R2/top1": 0.125, "R3/top1": 0.5})]
+  backbone = [(5, {"R/top1": 0.5}), (10, {"R/top1": 0.75})]
+  networks, ic = _pkd_report.accuracies({"backbone": backbone, "ic_ce": ce, "ic_pkd": kd},
+                                        [("", ["R"])], {"R": 5}, 4)
+  assert networks == {"R": {"best": 0.75, "best_epoch": 2, "last": 0.75, "evaluations": 2}}
+  assert ic["R1"]["ce"] == {"best": 0.5, "best_epoch": 2, "last": 0.5, "evaluations": 2}
+  assert ic["R1"]["pkd"] == {"best": 0.75, "best_epoch": 1, "last": 0.625, "evaluations": 2}
+  assert (ic["R1"]["gain_best"], ic["R1"]["gain_last"]) == (0.25, 0.125)
+  assert (ic["R2"]["gain_best"], ic["R2"]["gain_last"]) == (-0.25, -0.125)
+  assert (ic["R3"]["gain_best"], ic["R3"]["gain_last"]) == (0.0, 0.0)
 
 
 @pytest.mark.slow  # two command-line runs; mostly XLA compilation (about 2-4 min on 2 cores)

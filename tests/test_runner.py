@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,11 +29,11 @@ def _stage(num_steps: int) -> train.Stage:
   def init_fn(key):
     return model.init(key, jnp.zeros((1, 5)))["params"], {}
 
-  def loss_fn(params, model_state, frozen, batch, rng):
+  def loss_fn(params, model_state, frozen, batch, rng, step):
     del frozen, rng
     logits = model.apply({"params": params}, batch["x"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-    return loss, ({"ce": loss}, model_state)
+    return loss, ({"ce": loss, "step_seen": step.astype(jnp.float32)}, model_state)
 
   def eval_fn(params, model_state, frozen, batch):
     del model_state, frozen
@@ -40,7 +42,7 @@ def _stage(num_steps: int) -> train.Stage:
   return train.Stage(
       name="linear", init_fn=init_fn, loss_fn=loss_fn, num_steps=num_steps, global_batch_size=16,
       optimizer=train.optimizer_config(name="sgd", learning_rate=0.5),
-      train_data=lambda per_host: train.ArrayIterator(arrays, global_batch_size=16,
+      train_data=lambda per_host: train.train_batches(arrays, global_batch_size=16,
                                                       per_host_batch_size=per_host, seed=0),
       eval_fn=eval_fn, eval_every=2,
       eval_data=lambda per_host: train.eval_batches(arrays, global_batch_size=16,
@@ -48,7 +50,7 @@ def _stage(num_steps: int) -> train.Stage:
 
 
 def _runner(workdir) -> train.Runner:
-  config = train.engine_config(log_every=100, checkpoint_every=2, max_to_keep=10)
+  config = train.engine_config(log_every=1, checkpoint_every=2, max_to_keep=10)
   config.seed = 0
   return train.Runner(config, str(workdir))
 
@@ -70,6 +72,10 @@ def test_history_has_every_evaluation_and_survives_a_resume(tmp_path, cpu_device
   _runner(tmp_path / "split").run(_stage(4))
   resumed = _runner(tmp_path / "split").run(_stage(8))
   assert [step for step, _ in resumed.history] == [2, 4, 6, 8]
+  # The loss is handed the engine's step (the steps taken before it), across the resume too.
+  lines = [json.loads(l) for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+  seen = {l["step"]: l["step_seen"] for l in lines if l["stage"] == "linear"}
+  assert seen == {k: k - 1 for k in range(1, 9)}
   # A finished stage restored from its checkpoint returns the same history.
   restored = _runner(tmp_path / "whole").run(_stage(8))
   assert restored.history == [(s, pytest.approx(m)) for s, m in whole.history]

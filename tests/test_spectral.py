@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,6 +19,9 @@ import scipy.fft
 
 from kd_jax import losses
 from kd_jax import models
+from kd_jax import train
+from kd_jax.data import sources
+from kd_jax.data import streams
 from kd_jax.errors import UserError
 from kd_jax.methods import spectral
 
@@ -303,7 +307,7 @@ def tiny_setup():
   config.student.model = "tsm_resnet18"
   config.student.kwargs = ml_collections.ConfigDict(dict(tiny=True, width=4))
   config.kd.weight, config.spec.weight, config.param.weight = 0.5, 2.0, 3.0
-  data = spectral.Data(None, None, 3, ["a", "b", "c"], None, "fake")
+  data = streams.Streams(sources.Splits(None, None, None, ["a", "b", "c"]), spec=None)
   setup = spectral.make_setup(config, data)
   teacher_vars = jax.jit(lambda k: setup.teacher.init(spectral._fast_key(k), setup.example,
                                                       train=False))(jax.random.key(7))
@@ -329,7 +333,7 @@ def _grads(setup, entry, teacher_vars, batch, log_vars):
   frozen = {"switch": spectral.switches(entry, config)}
   if not entry.mutual:
     frozen["teacher"] = teacher_vars
-  (loss, (metrics, _)), grads = step(params, state, frozen, batch, jax.random.key(1))
+  (loss, (metrics, _)), grads = step(params, state, frozen, batch, jax.random.key(1), jnp.int32(0))
   return float(loss), jax.device_get(metrics), grads, params
 
 
@@ -452,3 +456,23 @@ def test_full_configs_build_and_ask_for_their_data(tmp_path, name):
   config.data.data_dir = str(tmp_path)
   with pytest.raises(UserError, match=r"is not prepared in .*python -m kd_jax.data.prepare"):
     spectral.run(config, str(tmp_path / "wd"))
+
+
+def test_a_loaded_teacher_is_evaluated_on_every_example(tiny_setup, tmp_path, cpu_devices):
+  """``_evaluate_teacher`` (a teacher from a checkpoint) through Runner.predict, against NumPy."""
+  config, setup, teacher_vars, _ = tiny_setup
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.teacher.batch_size = 8
+  rng = np.random.default_rng(11)
+  arrays = {"video": rng.normal(size=(13, 2, 32, 32, 3)).astype(np.float32),  # 13: padding
+            "label": rng.integers(0, 3, size=13).astype(np.int32)}
+  runner = train.Runner(config, str(tmp_path))
+  got = spectral._evaluate_teacher(
+      dataclasses.replace(setup, config=config), teacher_vars,
+      lambda per_host: train.eval_batches(arrays, global_batch_size=8,
+                                          per_host_batch_size=per_host), runner)
+  logits = np.asarray(setup.teacher.apply(teacher_vars, jnp.asarray(arrays["video"]),
+                                          train=False)[0])
+  assert got["num_examples"] == 13
+  assert got["top1"] == pytest.approx(np.mean(logits.argmax(-1) == arrays["label"]))
+  assert got["top5"] == 1.0  # 3 classes

@@ -51,8 +51,8 @@ def _tiny_setup(nan_at_step: int | None = None):
     variables = model.init(key, jnp.zeros((1, 5)), train=False)
     return variables["params"], {"batch_stats": variables["batch_stats"]}
 
-  def loss_fn(params, model_state, frozen, batch, rng):
-    del frozen, rng
+  def loss_fn(params, model_state, frozen, batch, rng, step):
+    del frozen, rng, step
     logits, updates = model.apply({"params": params, **model_state}, batch["x"], train=True,
                                   mutable=["batch_stats"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
@@ -210,11 +210,11 @@ def test_classification_sums_against_hand_counts():
 
 def test_array_iterator_state_and_process_slices():
   arrays = {"x": np.arange(20)}
-  it = train.ArrayIterator(arrays, global_batch_size=8, per_host_batch_size=8, seed=3)
+  it = train.train_batches(arrays, global_batch_size=8, per_host_batch_size=8, seed=3)
   first = [next(it)["x"] for _ in range(3)]
   state = it.get_state()
   later = [next(it)["x"] for _ in range(3)]
-  it2 = train.ArrayIterator(arrays, global_batch_size=8, per_host_batch_size=8, seed=3)
+  it2 = train.train_batches(arrays, global_batch_size=8, per_host_batch_size=8, seed=3)
   it2.set_state(state)
   for a, b in zip(later, [next(it2)["x"] for _ in range(3)]):
     np.testing.assert_array_equal(a, b)
@@ -222,6 +222,26 @@ def test_array_iterator_state_and_process_slices():
   assert len(set(np.concatenate(first[:2]).tolist())) == 16
   batches = list(train.eval_batches(arrays, global_batch_size=8, per_host_batch_size=8))
   assert len(batches) == 3 and batches[-1]["mask"].tolist() == [1] * 4 + [0] * 4
+  np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches])[:20], np.arange(20))
+
+
+def test_array_batches_are_the_same_global_batches_on_two_processes():
+  """Process p takes stream positions p, p + 2, ... (strided, as the video pipelines do): the two
+  processes' batches together are the one-process global batch."""
+  arrays = {"x": np.arange(20)}
+  one = train.train_batches(arrays, global_batch_size=8, per_host_batch_size=8, seed=3)
+  two = [train.train_batches(arrays, global_batch_size=8, per_host_batch_size=4, seed=3,
+                             process=(p, 2)) for p in range(2)]
+  for _ in range(5):  # past an epoch boundary
+    whole = next(one)["x"]
+    halves = [next(it)["x"] for it in two]
+    np.testing.assert_array_equal(halves[0], whole[0::2])
+    np.testing.assert_array_equal(halves[1], whole[1::2])
+  evals = [list(train.eval_batches(arrays, global_batch_size=8, per_host_batch_size=4,
+                                   process=(p, 2))) for p in range(2)]
+  assert [len(e) for e in evals] == [3, 3]
+  np.testing.assert_array_equal(evals[1][0]["x"], [1, 3, 5, 7])
+  assert evals[0][2]["mask"].tolist() == [1, 1, 0, 0] and evals[1][2]["mask"].tolist() == [1, 1, 0, 0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,6 +267,7 @@ def _smoke_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+@pytest.mark.slow  # two in-process runs of the smoke method, end to end
 def test_mismatched_checkpoint_is_refused(tmp_path, cpu_devices):
   from kd_jax.methods import smoke  # pylint: disable=g-import-not-at-top
 

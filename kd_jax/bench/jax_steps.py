@@ -149,7 +149,7 @@ class _Parts:
 
 def _pkd_networks(size: sizes.StepSize, dtype: Any):
   from kd_jax.methods import pkd  # pylint: disable=g-import-not-at-top
-  config = pkd.default_config()
+  config = pkd.base_config()
   config.data.crop_size = size.crop
   config.data.train_segments = size.frames
   config.ic.train_crop_size = 0
@@ -198,10 +198,10 @@ def _pkd_ic(name: str, size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
   shapes = {m: (size.frames, size.crop, size.crop, pkd.INPUT[m]["in_channels"])
             for m in stage.frozen}
   inputs = _inputs(shapes, batch, dtype)
-  inputs["teacher"] = np.full((batch,), phase, np.int32)
-
-  def pin(state, b):
-    return state, dict(b, teacher=jnp.full(b["teacher"].shape, phase, jnp.int32))
+  # The step reaches the loss: the curriculum phase follows from it (0 for a one-phase schedule).
+  epochs = int(config.ic.pkd_epochs)
+  boundaries = pkd.boundary_epochs(epochs, tuple(config.ic.boundaries)[:phase])
+  step = boundaries[-1] * (stage.num_steps // epochs) if boundaries else 0
 
   def params(p, frozen):
     return {"student": _count(frozen[student]["params"]), "teacher": 0,
@@ -209,7 +209,17 @@ def _pkd_ic(name: str, size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
 
   return _Parts(loss_fn=stage.loss_fn, tx=tx, schedule=lr_schedule, init_fn=stage.init_fn,
                 frozen=stage.frozen, inputs=inputs, params=params,
-                phases=[(f"teacher={schedule[phase]}", None, pin)], jit_init=False)
+                phases=[(f"teacher={schedule[phase]}", _at_step(step), _pinned(step))],
+                jit_init=False)
+
+
+def _at_step(step: int) -> Callable[[Any], Any]:
+  """Sets the train state's step, the one counter a method's phase (curriculum, pass) follows."""
+  return lambda state: state.replace(step=jnp.asarray(step, jnp.int32))
+
+
+def _pinned(step: int) -> Callable[[Any, Any], tuple[Any, Any]]:
+  return lambda state, b: (_at_step(step)(state), b)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,19 +253,6 @@ def _genkd(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
   def init_fn(key):
     return genkd.init_variables(student, jax.random.fold_in(key, 2), clip)
 
-  def at_count(count: int):
-    def set_count(state):
-      # Two arrays: one buffer in two leaves of a donated state would be donated twice.
-      return state.replace(
-          model_state=dict(state.model_state, count=jnp.asarray(count, jnp.int32)),
-          opt_state=state.opt_state._replace(count=jnp.asarray(count, jnp.int32)))
-    return set_count
-
-  def pinned(count: int):
-    def pin(state, b):
-      return at_count(count)(state), b
-    return pin
-
   def params(p, f):
     t = f["teacher"]
     return {"student": _count(p["net"]["backbone"]),
@@ -265,7 +262,7 @@ def _genkd(size: sizes.StepSize, batch: int, dtype: Any) -> _Parts:
   first_b = _GENKD_STEPS_PER_PASS * (genkd.PASS_B - genkd.PASS_A)
   return _Parts(loss_fn=loss_fn, tx=tx, schedule=schedule, init_fn=init_fn, frozen=frozen,
                 inputs=inputs, params=params,
-                phases=[("A", at_count(0), pinned(0)), ("B", at_count(first_b), pinned(first_b))])
+                phases=[("A", _at_step(0), _pinned(0)), ("B", _at_step(first_b), _pinned(first_b))])
 
 
 # ------------------------------------------------------------------------------------------------

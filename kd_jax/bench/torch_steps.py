@@ -271,7 +271,7 @@ def _params(*modules: nn.Module) -> list[Tensor]:
 def _pkd_config(name: str) -> tuple[Any, Any]:
   """PKD's paper config and the block of the step's network (residual or I-frame)."""
   from kd_jax.methods import pkd  # pylint: disable=g-import-not-at-top
-  config = pkd.default_config()
+  config = pkd.base_config()
   return config, config.networks["iframe" if _depth(name) == 50 else "residual"]
 
 

@@ -19,7 +19,7 @@ deterministic, padded so that every process gets the same number of full batches
 ``mask``. Both return a grain ``IterDataset``; ``iter(ds)`` has ``get_state()`` / ``set_state()``
 for checkpoints (restoring needs the same process count).
 
-:func:`global_batch` turns a host batch into global ``jax.Array`` s.
+The engine turns host batches into global ``jax.Array`` s (``kd_jax.train.mesh.host_to_global``).
 """
 
 from __future__ import annotations
@@ -314,26 +314,3 @@ def make_eval(source, spec: ClipSpec, *, batch_size: int, num_workers: int = 0,
   ds = grain.MapDataset.range(total)[index::count].map(_DecodeEval(source, spec))
   ds = ds.batch(batch_size, drop_remainder=True)
   return _finish(ds, num_workers, read_threads, prefetch)
-
-
-# -- Global arrays -------------------------------------------------------------------------------
-
-
-def batch_sharding(mesh: jax.sharding.Mesh, axis: str = "data") -> jax.sharding.NamedSharding:
-  """Leading (batch) axis split over ``axis`` of ``mesh``, other axes replicated."""
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
-
-
-def global_batch(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:
-  """Host batch -> global ``jax.Array`` s with ``jax.make_array_from_process_local_data``.
-
-  Every process passes its own per-host batch; the global batch axis is ``process_count`` times
-  longer. The per-host batch must split evenly over this process's devices.
-  """
-  local = len(sharding.addressable_devices)
-  for key, value in batch.items():
-    if np.shape(value)[0] % local:
-      raise ValueError(f"per-host batch of {np.shape(value)[0]} ({key!r}) does not split over "
-                       f"{local} local devices; use a per-host batch size divisible by {local}")
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}

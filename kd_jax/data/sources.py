@@ -13,6 +13,9 @@ on first use when ``auto_prepare`` is on. With several processes, process 0 gene
 others wait at a barrier, and then every process reopens it: ``data_dir`` must be storage that all
 hosts share (a bucket, NFS). Datasets with a manual download are never prepared here.
 
+Every method's ``config.data`` block starts from :func:`data_config` (the fields they share, one
+naming) and :func:`open_data_config` opens it.
+
 Problems raise :class:`kd_jax.data.builders.common.DatasetError` with one line that says what to do:
 the ``python -m kd_jax.data.prepare`` command (with ``--manual_dir`` where a download is needed),
 or, for a missing split, the splits there are and the config field to set. The messages name the
@@ -28,6 +31,7 @@ from typing import Any, NamedTuple
 
 import jax
 from jax.experimental import multihost_utils
+import ml_collections
 
 from kd_jax.data import builders
 from kd_jax.data import prepare
@@ -63,6 +67,32 @@ class Splits(NamedTuple):
     """``NAME/CONFIG: N train / M eval videos, K classes``, as the methods print it."""
     return (f"{self.name}: {len(self.train)} train / {len(self.eval)} eval videos, "
             f"{len(self.class_names)} classes")
+
+
+def data_config(**fields: Any) -> ml_collections.ConfigDict:
+  """A method's ``config.data``: the fields every method shares, at these defaults, with ``fields``
+  set or added (a method's own, e.g. ``clip_len``); ``synthetic`` may be given as a dict."""
+  data = ml_collections.ConfigDict(dict(
+      name="synthetic_actions",  # one of kd_jax.data.builders.NAMES
+      config="",             # builder config: split1-3 (ucf101, hmdb51), default / tiny, or
+                             # 'custom' (a synthetic_actions of the size in `synthetic`)
+      data_dir="",           # TFDS data dir; '' = ~/tensorflow_datasets
+      auto_prepare=False,    # generate a synthetic_actions dataset on first use (downloads never)
+      prepare_workers=2,     # encoding processes when generating
+      train_split="train",
+      eval_split="test",     # TFDS split strings ("train[:10%]") work too
+      crop_size=224,
+      resize_size=256,       # eval: resize to this square, then centre-crop; 0 = crop as stored
+      flip="auto",           # random horizontal flips in training: auto (off for
+                             # direction-sensitive datasets), on or off
+      num_workers=0,         # grain worker processes; 0 = decode in the main process
+      read_threads=2,        # threads per worker computing batches
+  ))
+  data.synthetic = ml_collections.ConfigDict(dict(
+      num_classes=12, train_clips=24, test_clips=12, num_frames=24, height=48, width=64))
+  for key, value in fields.items():
+    data[key] = ml_collections.ConfigDict(value) if key == "synthetic" else value
+  return data
 
 
 def open_data_config(data: Any, *, sized: bool) -> Splits:

@@ -1,7 +1,8 @@
 """report.md, curves.png and the console table of a GenKD run.
 
-Part of the ``genkd`` method: it reads the run's ``metrics.jsonl`` and the stages' final metrics
-and writes what a person looks at; the generic table helper is :func:`kd_jax.report.markdown_table`.
+Part of the ``genkd`` method: it reads the stages' results (final metrics, evaluation history) and
+the training terms logged in the run's ``metrics.jsonl``, and writes what a person looks at; the
+generic table helper is :func:`kd_jax.report.markdown_table`.
 """
 
 from __future__ import annotations
@@ -34,25 +35,26 @@ def read_metrics(workdir: epath.Path) -> list[dict[str, Any]]:
   return out
 
 
-def epoch_summary(lines: Sequence[Mapping[str, Any]], stage: str, steps_per_pass: int
-                  ) -> dict[str, Any]:
-  """Per-epoch eval accuracy and training terms of one stage from ``metrics.jsonl`` lines."""
-  evals, terms = {}, {}
+def epoch_summary(lines: Sequence[Mapping[str, Any]], result: Any, stage: str,
+                  steps_per_pass: int) -> dict[str, Any]:
+  """Per-epoch eval accuracy (the stage's evaluation history) and training terms (its
+  ``metrics.jsonl`` lines) of one stage; ``result`` is its ``StageResult``."""
+  epoch_steps = 2 * steps_per_pass
+  evals = {step // epoch_steps: {"top1": m["top1"], "top5": m.get("top5", float("nan"))}
+           for step, m in result.history if "top1" in m}
+  terms = {}
   for e in lines:
-    if e.get("stage") == stage + "/eval" and "top1" in e:
-      epoch = int(e["step"]) // (2 * steps_per_pass)
-      evals[epoch] = {"top1": e["top1"], "top5": e.get("top5", float("nan"))}
-    elif e.get("stage") == stage and "pass" in e:
+    if e.get("stage") == stage and "pass" in e:
       epoch, key = int(e["epoch"]), ("A" if e["pass"] < 0.5 else "B")
       bucket = terms.setdefault(epoch, {}).setdefault(key, {})
       for k in (("cvae", "gd") if key == "A" else ("cls", "rec", "ad")):
         bucket.setdefault(k, []).append(e[k])
   curves = {ep: {p: {k: float(np.mean(v)) for k, v in d.items()} for p, d in by.items()}
             for ep, by in sorted(terms.items())}
-  best = max(evals.items(), key=lambda kv: kv[1]["top1"]) if evals else None
+  best = result.best("top1")
   return {"eval": dict(sorted(evals.items())), "terms": curves,
-          "best_epoch": best[0] if best else None,
-          "best_top1": best[1]["top1"] if best else None}
+          "best_epoch": best[0] // epoch_steps if best else None,
+          "best_top1": best[1] if best else None}
 
 
 def summarize(config: ml_collections.ConfigDict, workdir: epath.Path,
@@ -64,7 +66,8 @@ def summarize(config: ml_collections.ConfigDict, workdir: epath.Path,
   and the epochs; ``gain``: the distilled student minus the baseline (None without a baseline).
   """
   lines = read_metrics(workdir)
-  summaries = {name: epoch_summary(lines, name, steps_per_pass[name]) for name in results}
+  summaries = {name: epoch_summary(lines, r, name, steps_per_pass[name])
+               for name, r in results.items()}
   rows = {}
   for name, r in results.items():
     m, s = r.metrics, summaries[name]

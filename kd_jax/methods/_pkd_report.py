@@ -1,14 +1,13 @@
 """report.md, tradeoff.png and the console summary of a PKD + WISE run (one or several runs).
 
 Part of the ``pkd`` method; the generic table and plot helpers are in :mod:`kd_jax.report`.
-With several runs (seeds, splits) every number is shown as mean ± std over them. The run's best and
-last accuracies come from its ``metrics.jsonl`` (:func:`accuracies`).
+With several runs (seeds, splits) every number is shown as mean ± std over them. The best and last
+accuracies come from the stages' evaluation histories (:func:`accuracies`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import json
 import math
 from typing import Any
 
@@ -37,24 +36,9 @@ SECTIONS = ("## Run", "## Modality networks", "## Internal classifiers: CE versu
             "## WISE", "## Accuracy versus compute", "## Cost model")
 
 
-def _history(workdir: epath.Path, stage: str) -> list[dict[str, Any]]:
-  """The stage's evaluation lines of metrics.jsonl, by step."""
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  rows = {}
-  for line in path.read_text().splitlines():
-    try:
-      entry = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if entry.get("stage") == f"{stage}/eval":
-      rows[entry["step"]] = entry
-  return [rows[k] for k in sorted(rows)]
-
-
-def _best_last(history: list[dict[str, Any]], key: str, spe: int) -> dict[str, float]:
-  vals = [(h["step"], h[key]) for h in history if key in h]
+def _best_last(history: Sequence[tuple[int, Mapping[str, float]]], key: str, spe: int
+               ) -> dict[str, float]:
+  vals = [(step, m[key]) for step, m in history if key in m]
   if not vals:
     return {}
   step, best = max(vals, key=lambda sv: (sv[1], -sv[0]))
@@ -62,14 +46,13 @@ def _best_last(history: list[dict[str, Any]], key: str, spe: int) -> dict[str, f
           "evaluations": len(vals)}
 
 
-def accuracies(bb_dir: epath.Path, workdir: epath.Path,
+def accuracies(histories: Mapping[str, Sequence[tuple[int, Mapping[str, float]]]],
                groups: Sequence[tuple[str, Sequence[str]]], bb_spe: Mapping[str, int],
                ic_spe: int) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Best and last evaluation top-1 of every modality network and IC, from ``metrics.jsonl``.
+  """Best and last evaluation top-1 of every modality network and IC.
 
   Args:
-    bb_dir: the workdir of the backbone stages (shared by the seeds of a split).
-    workdir: the workdir of the IC stages.
+    histories: every evaluation of each stage, ``StageResult.history`` by stage name.
     groups: per group of networks trained together, its stage-name suffix and their short names.
     bb_spe: steps per epoch of each network's backbone stage, by short name.
     ic_spe: steps per epoch of the IC stages.
@@ -80,17 +63,16 @@ def accuracies(bb_dir: epath.Path, workdir: epath.Path,
   """
   networks = {}
   for suffix, shorts in groups:
-    hist = _history(bb_dir, "backbone" + suffix)
     for short in shorts:
-      networks[short] = _best_last(hist, f"{short}/top1", bb_spe[short])
+      networks[short] = _best_last(histories["backbone" + suffix], f"{short}/top1", bb_spe[short])
   ic_table = {}
   for suffix, shorts in groups:
     for kind in ("ce", "pkd"):
-      hist = _history(workdir, f"ic_{kind}" + suffix)
       for short in shorts:
         for i in range(3):
           key = f"{short}{i + 1}"
-          ic_table.setdefault(key, {})[kind] = _best_last(hist, f"{key}/top1", ic_spe)
+          ic_table.setdefault(key, {})[kind] = _best_last(histories[f"ic_{kind}" + suffix],
+                                                          f"{key}/top1", ic_spe)
   for key, row in ic_table.items():
     if row.get("ce") and row.get("pkd"):
       row["gain_best"] = row["pkd"]["best"] - row["ce"]["best"]

@@ -30,14 +30,14 @@ optax transformation that hands phase ``k`` of every ``steps_per_pass`` steps to
 (SGD with coupled L2 on ``net`` in pass B, Adam(b1=0.8) on ``cvae`` in pass A); the inactive one
 sees no update and keeps its state (momentum, Adam moments and bias-correction count) untouched,
 exactly like two PyTorch optimisers of which only one is stepped. The loss is a
-:class:`~kd_jax.train.Switch` of the two passes: the step reads the same count from
-``model_state['count']``, picks the pass inside the compiled step and differentiates only that
-pass, and only its own parameters (the rest under ``stop_gradient``). Both counts live in the
-checkpointed train state, so a resumed run continues in the right pass and epoch. One program per
-stage is compiled; the baseline and distilled students share it (the distillation switches are
-runtime inputs in ``frozen``, and the teacher's forward pass sits behind a ``lax.cond``, so the
-baseline does not pay for it), and with the persistent compilation cache the second student stage
-compiles nothing.
+:class:`~kd_jax.train.Switch` of the two passes. Both read the engine's one step counter
+(``TrainState.step``, which the engine hands to the loss, the switch and the optimiser): the
+step picks the pass inside the compiled step and differentiates only that pass, and only its own
+parameters (the rest under ``stop_gradient``); a resumed run continues in the right pass and
+epoch. One program per stage is compiled; the baseline and distilled students share it (the
+distillation switches are runtime inputs in ``frozen``, and the teacher's forward pass sits
+behind a ``lax.cond``, so the baseline does not pay for it), and with the persistent compilation
+cache the second student stage compiles nothing.
 
 **Evaluation** uses the attention path (``F_fg``), like the official test, with per-clip
 renormalisation (the official test runs one clip per batch; ``eval_renorm_scope='global'`` uses
@@ -56,7 +56,7 @@ from collections.abc import Mapping, Sequence
 import dataclasses
 import os
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from etils import epath
 import flax.linen as nn
@@ -75,6 +75,9 @@ from kd_jax.methods import _genkd_report
 from kd_jax.train import checkpoint
 from kd_jax.train import optim
 from kd_jax.train import weights
+
+if TYPE_CHECKING:  # Imported where used: the video stack is slow to import.
+  from kd_jax.data import streams
 
 CLS_LOSSES = ("double_softmax", "mean_logits")
 RENORM_SCOPES = ("global", "per_sample")
@@ -156,18 +159,13 @@ def reconstruction_weight(epoch: jax.Array | int, *, kind: str = "official",
   return max_weight * jnp.minimum(e, float(ramp_epochs)) / float(ramp_epochs)
 
 
-def pass_and_epoch(count: jax.Array, steps_per_pass: int) -> tuple[jax.Array, jax.Array]:
-  """``(pass, epoch)`` of step ``count`` (0-based): pass 0 = A, 1 = B; epochs are 1-based."""
-  return (count // steps_per_pass) % 2, count // (2 * steps_per_pass) + 1
-
-
-class AlternatingState(NamedTuple):
-  count: jax.Array
-  inner: Any
+def pass_and_epoch(step: jax.Array, steps_per_pass: int) -> tuple[jax.Array, jax.Array]:
+  """``(pass, epoch)`` of step ``step`` (0-based): pass 0 = A, 1 = B; epochs are 1-based."""
+  return (step // steps_per_pass) % 2, step // (2 * steps_per_pass) + 1
 
 
 def alternating(phases: Sequence[tuple[str, optax.GradientTransformation]],
-                steps_per_phase: int) -> optax.GradientTransformation:
+                steps_per_phase: int) -> optax.GradientTransformationExtraArgs:
   """Optimisers that take turns: phase ``k`` of every ``steps_per_phase`` steps updates one part.
 
   Args:
@@ -176,7 +174,8 @@ def alternating(phases: Sequence[tuple[str, optax.GradientTransformation]],
     steps_per_phase: steps of each phase before the next one starts (cycling).
 
   Returns:
-    An optax transformation. During phase ``k`` only ``phases[k]``'s part is updated by its
+    An optax transformation whose ``update`` takes the engine's ``step`` (the steps taken before
+    this one) as an extra argument. During phase ``k`` only ``phases[k]``'s part is updated by its
     transformation; every other part gets a zero update and its optimiser state stays as it was
     (no momentum, no weight decay, no step count), as when only one of several PyTorch optimisers
     is stepped.
@@ -191,9 +190,10 @@ def alternating(phases: Sequence[tuple[str, optax.GradientTransformation]],
   def init(params):
     if set(params) != set(keys):
       raise ValueError(f"parameters have keys {sorted(params)}, the phases {sorted(keys)}")
-    return AlternatingState(jnp.zeros([], jnp.int32), {k: txs[k].init(params[k]) for k in keys})
+    return {k: txs[k].init(params[k]) for k in keys}
 
-  def update(updates, state, params=None):
+  def update(updates, state, params=None, *, step, **extra_args):
+    del extra_args
     if params is None:
       params = {k: None for k in keys}
 
@@ -209,12 +209,10 @@ def alternating(phases: Sequence[tuple[str, optax.GradientTransformation]],
         return new_upd, new_inner
       return fn
 
-    phase = (state.count // steps_per_phase) % len(keys)
-    new_updates, inner = jax.lax.switch(phase, [branch(k) for k in keys],
-                                        (updates, state.inner, params))
-    return new_updates, AlternatingState(state.count + 1, inner)
+    phase = (step // steps_per_phase) % len(keys)
+    return jax.lax.switch(phase, [branch(k) for k in keys], (updates, state, params))
 
-  return optax.GradientTransformation(init, update)
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,7 +261,7 @@ def feature_shape(nets: Networks, clip_shape: Sequence[int]) -> tuple[int, ...]:
 def init_variables(nets: Networks, key: jax.Array, clip_shape: Sequence[int],
                    pretrained: Mapping[str, Any] | None = None) -> tuple[dict, dict]:
   """``(params, model_state)`` of a GenKD stage: ``params = {'net': {'backbone',
-  'attention_head'}, 'cvae'}``, ``model_state = {'batch_stats', 'count'}``.
+  'attention_head'}, 'cvae'}``, ``model_state = {'batch_stats'}``.
 
   ``pretrained`` (converted variables of the backbone) replaces every backbone weight of the same
   path except the classifier ``logits``.
@@ -283,7 +281,7 @@ def init_variables(nets: Networks, key: jax.Array, clip_shape: Sequence[int],
                                         **kw)
     batch_stats = weights.merge_pretrained(batch_stats, pretrained.get("batch_stats", {}), **kw)
   params = {"net": {"backbone": backbone, "attention_head": head}, "cvae": cvae}
-  return params, {"batch_stats": batch_stats, "count": jnp.zeros([], jnp.int32)}
+  return params, {"batch_stats": batch_stats}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,8 +319,8 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
                  teacher: Networks | None = None) -> train.Switch:
   """The engine loss of a GenKD stage: a :class:`~kd_jax.train.Switch` of pass A and pass B.
 
-  Each branch is ``loss_fn(params, model_state, frozen, batch, rng)``; the pass is read from
-  ``model_state['count']``. ``teacher`` (phase 2) makes the step read ``frozen = {'teacher':
+  Each branch is ``loss_fn(params, model_state, frozen, batch, rng, step)``; the pass and the
+  epoch follow from the step. ``teacher`` (phase 2) makes the step read ``frozen = {'teacher':
   {'backbone': {'params', 'batch_stats'}, 'attention_head', 'cvae'}, 'use_gd': f32, 'use_ad':
   f32}``; the switches are runtime values, so a baseline (both 0) and a distilled run compile to
   the same program, and a term that is off skips its teacher computation (``lax.cond``). The
@@ -332,23 +330,18 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
   f32 = jnp.float32
   zero = jnp.zeros([], f32)
 
-  def common(model_state, rng):
-    count = model_state["count"]
-    _, epoch = pass_and_epoch(count, steps_per_pass)
-    extra = {"epoch": epoch.astype(f32), "count": count + 1}
-    return extra, jax.random.split(rng, 4)
-
-  def finish(loss, terms, batch_stats, extra, phase):
-    metrics = dict(terms, **{"pass": jnp.asarray(phase, f32), "epoch": extra["epoch"]})
-    return loss, (metrics, {"batch_stats": batch_stats, "count": extra["count"]})
+  def finish(loss, terms, batch_stats, epoch, phase):
+    metrics = dict(terms, **{"pass": jnp.asarray(phase, f32), "epoch": epoch})
+    return loss, (metrics, {"batch_stats": batch_stats})
 
   def if_on(switch, fn, like):
     """``fn()`` when the runtime switch is on, zeros of ``like``'s shape otherwise."""
     shape, dtype = like.shape, like.dtype  # not ``like`` itself: it would become an operand
     return jax.lax.cond(switch > 0, fn, lambda: jnp.zeros(shape, dtype))
 
-  def pass_a(params, model_state, frozen, batch, rng):
-    extra, (_, k_rep, _, k_t) = common(model_state, rng)
+  def pass_a(params, model_state, frozen, batch, rng, step):
+    epoch = pass_and_epoch(step, steps_per_pass)[1].astype(f32)
+    _, k_rep, _, k_t = jax.random.split(rng, 4)
     x = batch["video"]
     net = jax.lax.stop_gradient(params["net"])
     f, bs = _features(nets, net["backbone"], model_state["batch_stats"], x, train=True)
@@ -377,10 +370,11 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
                        losses.generative_distillation_loss(out.reconstruction, t_rec).mean(), zero)
     loss = l_cvae + lc.gd_weight * l_gd
     terms = dict(cvae=l_cvae, gd=l_gd, cls=zero, rec=zero, rec_weight=zero, ad=zero)
-    return finish(loss, terms, bs, extra, PASS_A)
+    return finish(loss, terms, bs, epoch, PASS_A)
 
-  def pass_b(params, model_state, frozen, batch, rng):
-    extra, (k_drop, _, k_prior, _) = common(model_state, rng)
+  def pass_b(params, model_state, frozen, batch, rng, step):
+    epoch = pass_and_epoch(step, steps_per_pass)[1].astype(f32)
+    k_drop, _, k_prior, _ = jax.random.split(rng, 4)
     x, labels = batch["video"], batch["label"]
     cvae = jax.lax.stop_gradient(params["cvae"])
     backbone = params["net"]["backbone"]
@@ -393,7 +387,7 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
                           rngs={"prior": k_prior}).reconstruction
     target = jax.lax.stop_gradient(f) if lc.rec_detach_target else f
     l_rec = jnp.mean(jnp.square(rec.astype(f32) - target.astype(f32)))
-    w = reconstruction_weight(extra["epoch"], kind=lc.rec_ramp, max_weight=lc.rec_max_weight,
+    w = reconstruction_weight(epoch, kind=lc.rec_ramp, max_weight=lc.rec_max_weight,
                               ramp_epochs=lc.rec_ramp_epochs)
     l_ad = zero
     if teacher is not None:
@@ -409,10 +403,9 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
                        losses.attention_distillation_loss(a, t_a).mean(), zero)
     loss = l_cls + w * l_rec + lc.ad_weight * l_ad
     terms = dict(cvae=zero, gd=zero, cls=l_cls, rec=l_rec, rec_weight=w, ad=l_ad)
-    return finish(loss, terms, bs, extra, PASS_B)
+    return finish(loss, terms, bs, epoch, PASS_B)
 
-  return train.Switch(index=lambda model_state: pass_and_epoch(model_state["count"],
-                                                               steps_per_pass)[0],
+  return train.Switch(index=lambda step: pass_and_epoch(step, steps_per_pass)[0],
                       branches=(pass_a, pass_b))
 
 
@@ -460,50 +453,12 @@ def make_optimizer(net_cfg: ml_collections.ConfigDict, cvae_cfg: ml_collections.
 # Data.
 
 
-@dataclasses.dataclass
-class Data:
-  train: Any
-  eval: Any
-  num_classes: int
-  spec: Any
-  description: str
-
-
-def load_data(dcfg: ml_collections.ConfigDict) -> Data:
-  """Train and eval sources of ``config.data``; ``synthetic_actions`` is prepared on first use."""
-  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
-  from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
-
-  # config 'custom': a synthetic_actions of the size in data.synthetic.
+def load_data(dcfg: ml_collections.ConfigDict) -> streams.Streams:
+  """The dataset of ``config.data`` as dense RGB clips; ``synthetic_actions`` is prepared on first
+  use (config 'custom': the size in ``data.synthetic``)."""
+  from kd_jax.data import streams  # pylint: disable=g-import-not-at-top,redefined-outer-name
   sized = dcfg.name == "synthetic_actions" and dcfg.config == "custom"
-  try:
-    opened = sources.open_data_config(dcfg, sized=sized)
-    flip = sources.parse_flip(dcfg.flip)
-  except common.DatasetError as e:
-    raise UserError(str(e)) from None
-  spec = pipeline.make_spec("rgb_clip", clip_len=dcfg.clip_len, crop_size=dcfg.crop_size,
-                            resize_size=dcfg.resize_size or None, flip=flip)
-  names = opened.class_names
-  return Data(opened.train, opened.eval, len(names), spec, opened.description)
-
-
-class _EvalBatches:
-  """Evaluation batches; decoded once and kept in memory when ``cache`` (small eval sets)."""
-
-  def __init__(self, data: Data, dcfg: ml_collections.ConfigDict):
-    self.data, self.dcfg = data, dcfg
-    self._cache: dict[int, list[dict[str, np.ndarray]]] = {}
-
-  def __call__(self, per_host: int):
-    from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    make = lambda: pipeline.make_eval(self.data.eval, self.data.spec, batch_size=per_host,
-                                      num_workers=self.dcfg.num_workers)
-    if not self.dcfg.cache_eval:
-      return make()
-    if per_host not in self._cache:
-      self._cache[per_host] = list(make())
-    return self._cache[per_host]
+  return streams.open_streams(dcfg, "rgb_clip", sized=sized, clip_len=int(dcfg.clip_len))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -548,37 +503,29 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 @dataclasses.dataclass
 class Setup:
   config: ml_collections.ConfigDict
-  data: Data
+  data: streams.Streams
   clip_shape: tuple[int, ...]
   teacher: Networks
   student: Networks
-  eval_batches: _EvalBatches
 
 
 def _stage(setup: Setup, name: str, nets: Networks, block: ml_collections.ConfigDict,
            lc: LossConfig, init_fn, teacher: Networks | None = None, frozen: Any = None
            ) -> tuple[train.Stage, int]:
-  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  cfg = setup.config
+  cfg, data = setup.config, setup.data
   batch = int(block.batch_size)
-  steps_per_pass = len(setup.data.train) // batch
+  steps_per_pass = len(data.opened.train) // batch
   if steps_per_pass < 1:
     raise UserError(f"config.{'teacher' if teacher is None else 'student'}.batch_size={batch} "
-                    f"exceeds the {len(setup.data.train)} training videos")
+                    f"exceeds the {len(data.opened.train)} training videos")
   num_steps = 2 * int(block.epochs) * steps_per_pass
-  data = setup.data
-
-  def train_data(per_host: int):
-    return iter(pipeline.make_train(data.train, data.spec, batch_size=per_host, seed=cfg.seed,
-                                    num_workers=cfg.data.num_workers,
-                                    read_threads=cfg.data.read_threads))
-
   eval_every = 2 * steps_per_pass * max(1, int(block.eval_every_epochs))
   stage = train.Stage(
       name=name, init_fn=init_fn, loss_fn=make_loss_fn(nets, lc, steps_per_pass, teacher),
       optimizer=make_optimizer(block.optimizer, block.cvae_optimizer, steps_per_pass),
-      num_steps=num_steps, global_batch_size=batch, train_data=train_data, frozen=frozen,
-      eval_fn=make_eval_fn(nets, lc), eval_data=setup.eval_batches,
+      num_steps=num_steps, global_batch_size=batch,
+      train_data=lambda per_host: data.train(per_host, seed=cfg.seed), frozen=frozen,
+      eval_fn=make_eval_fn(nets, lc), eval_data=data.eval,
       eval_every=eval_every if eval_every < num_steps else 0)
   return stage, steps_per_pass
 
@@ -590,7 +537,7 @@ def _load_teacher_checkpoint(tcfg: ml_collections.ConfigDict) -> dict[str, Any] 
   return jax.tree.map(np.asarray, dict(converted.variables))
 
 
-def make_setup(config: ml_collections.ConfigDict, data: Data) -> Setup:
+def make_setup(config: ml_collections.ConfigDict, data: streams.Streams) -> Setup:
   dcfg = config.data
   clip_shape = (int(dcfg.clip_len), int(dcfg.crop_size), int(dcfg.crop_size), 3)
   att = _common.model_kwargs(config.attention.kwargs)
@@ -602,7 +549,7 @@ def make_setup(config: ml_collections.ConfigDict, data: Data) -> Setup:
   if ts != ss:
     raise UserError(f"teacher {config.attention.tap} {ts} and student {ss} differ; GenKD "
                     "distils without an adapter, so give both networks the same width")
-  return Setup(config, data, clip_shape, teacher, student, _EvalBatches(data, dcfg))
+  return Setup(config, data, clip_shape, teacher, student)
 
 
 def teacher_stage(setup: Setup) -> tuple[train.Stage, int]:
@@ -716,17 +663,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The official recognition settings (genkd.md 6) on UCF-101 split 1; configs start here."""
+  """Every field of the method at the official recognition settings (genkd.md 6) on UCF-101
+  split 1: what every config starts from (``configs/genkd_ucf101.py`` writes its recipe out)."""
+  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
   config = train.engine_config(log_every=50, checkpoint_every=1000, max_to_keep=2)
   config.method = "genkd"
   config.seed = 2020
   config.run_baseline = True
-  config.data = ml_collections.ConfigDict(dict(
-      name="ucf101", config="split1", data_dir="~/tensorflow_datasets", auto_prepare=False,
-      prepare_workers=2, train_split="train", eval_split="test", clip_len=64, crop_size=224,
-      resize_size=0, flip="auto", num_workers=8, read_threads=2, cache_eval=False))
-  config.data.synthetic = ml_collections.ConfigDict(dict(
-      num_classes=12, train_clips=24, test_clips=12, num_frames=24, height=48, width=64))
+  config.data = sources.data_config(
+      name="ucf101", config="split1", data_dir="~/tensorflow_datasets", resize_size=0,
+      num_workers=8,
+      clip_len=64,  # frames per clip
+      cache_eval=False)  # keep the decoded eval set in memory (small eval sets only)
 
   def net_block(model: str, epochs: int) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
@@ -770,18 +718,4 @@ def smoke_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   config.train.checkpoint_every = 100
   # A few steps of 3D networks: compile time dominates, so LLVM at -O0 (CPU only).
   config.train.cpu_compile = "fastest"
-  return config
-
-
-def paper_config(arg: str | None, *, config_file: str, dataset: str
-                 ) -> ml_collections.ConfigDict:
-  """A paper config (``configs/genkd_{ucf101,hmdb51}.py``): the official settings on ``dataset``
-  (a prepared ``name/config``, e.g. ``'hmdb51/split1'``), or with ``arg='smoke'``
-  :func:`smoke_variant` of them."""
-  if arg not in (None, "", "smoke"):
-    raise ValueError(f"{config_file} has no variant {arg!r}; use no variant or ':smoke'")
-  config = base_config()
-  config.data.name, config.data.config = dataset.split("/")
-  if arg == "smoke":
-    config = smoke_variant(config)
   return config

@@ -50,7 +50,6 @@ from kd_jax.errors import UserError
 from kd_jax.methods import _common
 from kd_jax.methods import _pkd_report
 from kd_jax.methods import _wise
-from kd_jax.train import compilation
 from kd_jax.train import mesh as mesh_lib
 from kd_jax.train import weights
 
@@ -88,6 +87,15 @@ def boundary_epochs(num_epochs: int, boundaries: Sequence[float]) -> list[int]:
 def teacher_phase(epoch: int, num_epochs: int, boundaries: Sequence[float]) -> int:
   """Index of the curriculum phase (into the schedule) at a 0-based epoch."""
   return int(sum(epoch >= b for b in boundary_epochs(num_epochs, boundaries)))
+
+
+def teacher_phase_at(step: jax.Array, steps_per_epoch: int, num_epochs: int,
+                     boundaries: Sequence[float]) -> jax.Array:
+  """:func:`teacher_phase` of the epoch of a 0-based train ``step``, traceable: the IC loss gets
+  the engine's step and picks its teacher from it."""
+  epoch = step // steps_per_epoch
+  return sum((epoch >= b).astype(jnp.int32) for b in boundary_epochs(num_epochs, boundaries)
+             ) + jnp.zeros((), jnp.int32)
 
 
 def curriculum(schedule: str, network: str, num_epochs: int,
@@ -154,6 +162,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                data.logits_sampling):
     if name not in SAMPLINGS:
       raise UserError(f"data.*_sampling must be 'fused' or 'coviar', got {name!r}")
+  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
+  try:
+    sources.parse_flip(data.flip)
+  except common.DatasetError as e:
+    raise UserError(str(e)) from None
   for net in NETWORKS:
     n = config.networks[net]
     if n.model not in ("resnet18", "resnet50"):
@@ -172,42 +186,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def open_dataset(data: ml_collections.ConfigDict, split: int | None = None):
-  """The configured dataset's train and test splits (``kd_jax.data.sources.Splits``).
+  """The configured dataset's train and eval splits (``kd_jax.data.sources.Splits``).
 
-  ``split`` overrides ``data.split`` (ucf101, hmdb51); ``data.config='custom'`` is a
-  ``synthetic_actions`` of the size in ``data.synthetic``; synthetic data is generated on first use
-  when ``data.auto_prepare`` is on.
+  ``split`` (an entry of ``config.splits``) replaces ``data.config`` with ``f'split{split}'``
+  (ucf101, hmdb51); ``data.config='custom'`` is a ``synthetic_actions`` of the size in
+  ``data.synthetic``; synthetic data is generated on first use when ``data.auto_prepare`` is on.
   """
   from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
   from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
-  if data.dataset in ("ucf101", "hmdb51"):
-    builder_config = f"split{split or data.split}"
-  else:
-    builder_config = data.config
-  sized = data.dataset == "synthetic_actions" and data.config == "custom"
+  if split is not None:
+    data = data.copy_and_resolve_references()  # the run's config keeps its own split
+    data.config = f"split{split}"
+  sized = data.name == "synthetic_actions" and data.config == "custom"
   try:
-    # The method reads the splits "train" and "test" of every dataset (no config field for them).
-    return sources.open_splits(
-        data.dataset, builder_config, data_dir=data.data_dir,
-        synthetic=data.synthetic.to_dict() if sized else None, auto_prepare=data.auto_prepare,
-        prepare_workers=data.prepare_workers, train_split="train", eval_split="test",
-        split_fields=None)
+    return sources.open_data_config(data, sized=sized)
   except common.DatasetError as e:
     raise UserError(f"data: {e}") from None
 
 
 class Batches:
-  """A checkpointable batch iterator built on first use, optionally tagging the teacher phase.
+  """A checkpointable batch iterator built on first use, so that restoring a finished stage
+  decodes nothing."""
 
-  Built lazily so that restoring a finished stage decodes nothing. With ``phase_of_step`` every
-  batch gets ``teacher`` (``[B]`` int32, the curriculum phase of that step): the train step reads
-  it, so the teacher follows the epoch without recompiling or reaching into the step counter.
-  """
-
-  def __init__(self, factory: Callable[[], Any],
-               phase_of_step: Callable[[int], int] | None = None):
-    self._factory, self._phase = factory, phase_of_step
-    self._it, self._pending, self._count = None, None, 0
+  def __init__(self, factory: Callable[[], Any]):
+    self._factory = factory
+    self._it, self._pending = None, None
 
   def _inner(self):
     if self._it is None:
@@ -220,21 +223,17 @@ class Batches:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = dict(next(self._inner()))
-    if self._phase is not None:
-      batch["teacher"] = np.full((len(batch["label"]),), self._phase(self._count), np.int32)
-    self._count += 1
-    return batch
+    return next(self._inner())
 
   def get_state(self) -> bytes:
+    # grain's checkpoint handler stores bytes; the inner state is bytes or a JSON-able
+    # dict (grain's iterators).
     inner = self._pending if self._it is None else self._inner().get_state()
     enc = ({"bytes": inner.decode()} if isinstance(inner, bytes) else {"json": inner})
-    return json.dumps({"count": self._count, "inner": enc}).encode()
+    return json.dumps({"inner": enc}).encode()
 
   def set_state(self, state: bytes) -> None:
-    d = json.loads(state)
-    self._count = int(d["count"])
-    enc = d["inner"]
+    enc = json.loads(state)["inner"]
     inner = enc["bytes"].encode() if "bytes" in enc else enc["json"]
     if self._it is None:
       self._pending = inner
@@ -256,9 +255,11 @@ class Data:
 
   def __init__(self, config: ml_collections.ConfigDict, split: int | None = None):
     from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
     self.pipeline = pipeline
     self.cfg = config.data
     self.seed = config.seed
+    self.flip = sources.parse_flip(self.cfg.flip)  # checked by validate()
     self.builder, self.sources = None, {}
     opened = open_dataset(self.cfg, split)
     self.builder, self.sources = opened.builder, {"train": opened.train, "test": opened.eval}
@@ -276,7 +277,7 @@ class Data:
     return self.pipeline.make_spec(
         "compressed", num_segments=int(segments), crop_size=int(crop or c.crop_size),
         resize_size=int(c.resize_size) if c.resize_size else None, sampling=sampling,
-        modalities=tuple(m for m in NETWORKS if m in modalities))
+        modalities=tuple(m for m in NETWORKS if m in modalities), flip=self.flip)
 
   def _decode_all(self, split: str, spec, *, train: bool, views: int = 1) -> dict[str, np.ndarray]:
     key = (split, spec, train, views)
@@ -304,10 +305,11 @@ class Data:
       full = self.spec(segments=spec.num_segments, sampling=spec.sampling, crop=spec.crop_size)
       arrays = self._decode_all("train", full, train=True, views=int(self.cfg.cache_views))
       arrays = {k: v for k, v in arrays.items() if k in spec.modalities or k == "label"}
-      return train.ArrayIterator(arrays, global_batch_size=global_batch,
+      return train.train_batches(arrays, global_batch_size=global_batch,
                                  per_host_batch_size=per_host, seed=seed)
     ds = self.pipeline.make_train(self.sources["train"], spec, batch_size=per_host, seed=seed,
-                                  num_workers=int(self.cfg.workers))
+                                  num_workers=int(self.cfg.num_workers),
+                                  read_threads=int(self.cfg.read_threads))
     return iter(ds)
 
   def eval_batches(self, split: str, spec, *, global_batch: int,
@@ -320,7 +322,8 @@ class Data:
       return train.eval_batches(arrays, global_batch_size=global_batch,
                                 per_host_batch_size=per_host)
     ds = self.pipeline.make_eval(self.sources[split], spec, batch_size=per_host,
-                                 num_workers=int(self.cfg.workers))
+                                 num_workers=int(self.cfg.num_workers),
+                                 read_threads=int(self.cfg.read_threads))
     return ({k: (v.astype(np.float32) if k == "mask" else v) for k, v in b.items()} for b in ds)
 
 
@@ -428,8 +431,8 @@ def backbone_stage(config, data: Data, group: Sequence[Network], inits: dict[str
     del key  # host-drawn (see weights.host_init); the same seed gives the same start
     return ({m: inits[m][0] for m in nets}, {m: inits[m][1] for m in nets})
 
-  def loss_fn(params, model_state, frozen, batch, rng):
-    del frozen, rng
+  def loss_fn(params, model_state, frozen, batch, rng, step):
+    del frozen, rng, step
     metrics, new_state, total = {}, {}, 0.0
     for m, net in nets.items():
       (logits, _), upd = net.backbone.apply(
@@ -535,7 +538,7 @@ def ic_stage(config, data: Data, group: Sequence[Network], all_nets: dict[str, N
       return branch(ts[0])(None)
     return jax.lax.switch(jnp.clip(phase, 0, len(ts) - 1), [branch(t) for t in ts], None)
 
-  def loss_fn(params, model_state, frozen, batch, rng):
+  def loss_fn(params, model_state, frozen, batch, rng, step):
     del rng
     metrics, new_state, total, finals, ics = {}, {}, 0.0, {}, {}
     for m, net in nets.items():
@@ -545,7 +548,7 @@ def ic_stage(config, data: Data, group: Sequence[Network], all_nets: dict[str, N
           train_ic=True, train_bb=emulate)
       finals[m], ics[m] = final, ic_logits
       new_state[m] = {"ic": ic_stats, "backbone": bb_stats if emulate else {}}
-    phase = batch["teacher"][0] if kind == "pkd" else None
+    phase = teacher_phase_at(step, spe, epochs, boundaries)
     for m, net in nets.items():
       heads = [ics[m][:, i] for i in range(ics[m].shape[1])]
       if kind == "ce":
@@ -577,15 +580,12 @@ def ic_stage(config, data: Data, group: Sequence[Network], all_nets: dict[str, N
                          sampling=config.data.ic_train_sampling, crop=crop, modalities=modalities)
   eval_spec = data.spec(segments=config.data.eval_segments, sampling=config.data.eval_sampling,
                         modalities=list(nets))
-  phase_of_step = None
-  if kind == "pkd":
-    phase_of_step = lambda step: teacher_phase(step // spe, epochs, boundaries)  # noqa: E731
   every = int(ic.eval_every_epochs)
   return train.Stage(
       name=name, init_fn=init_fn, loss_fn=loss_fn, optimizer=opt, num_steps=epochs * spe,
       global_batch_size=batch,
       train_data=lambda per_host: Batches(lambda: data.train_iter(
-          train_spec, global_batch=batch, per_host=per_host, seed=config.seed + 1), phase_of_step),
+          train_spec, global_batch=batch, per_host=per_host, seed=config.seed + 1)),
       frozen={m: backbones[m] for m in needed},
       eval_fn=eval_fn,
       eval_data=lambda per_host: data.eval_batches("test", eval_spec, global_batch=batch,
@@ -619,9 +619,22 @@ def dump_logits(runner: train.Runner, config, data: Data, nets: dict[str, Networ
   out_dir = runner.workdir / "logits"
   batch = int(config.logits.batch_size)
   per_host = mesh_lib.per_host_batch_size(batch, runner.mesh)
-  repl = mesh_lib.replicated(runner.mesh)
   emulate = config.ic.bn_mode == "train"
-  fn = None
+
+  def forward(variables, batch):
+    out = {"label": batch["label"], "index": batch["index"]}
+    for m, net in nets.items():
+      bb = variables["backbones"][m]
+      final, _ = net.backbone.apply(bb, batch[m], train=False)
+      for kind, v in variables["ics"][m].items():
+        stats = v["model_state"]["backbone"] if emulate else bb["batch_stats"]
+        _, ic_logits, _, _ = _ic_forward(net, bb["params"], stats, v["params"],
+                                         v["model_state"]["ic"], batch[m],
+                                         train_ic=False, train_bb=False)
+        out[f"{m}/{kind}"] = jnp.concatenate([ic_logits, final[:, None]], axis=1)
+    return out
+
+  variables = {"backbones": backbones, "ics": ics}
   results = {}
   for split in ("train", "test"):
     for s in segments:
@@ -629,33 +642,15 @@ def dump_logits(runner: train.Runner, config, data: Data, nets: dict[str, Networ
       if path.exists():
         results[(split, s)] = _load_npz(path)
         continue
-      if fn is None:
-        def forward(variables, batch):
-          out = {"label": batch["label"], "index": batch["index"], "mask": batch["mask"]}
-          for m, net in nets.items():
-            bb = variables["backbones"][m]
-            final, _ = net.backbone.apply(bb, batch[m], train=False)
-            for kind, v in variables["ics"][m].items():
-              stats = v["model_state"]["backbone"] if emulate else bb["batch_stats"]
-              _, ic_logits, _, _ = _ic_forward(net, bb["params"], stats, v["params"],
-                                               v["model_state"]["ic"], batch[m],
-                                               train_ic=False, train_bb=False)
-              out[f"{m}/{kind}"] = jnp.concatenate([ic_logits, final[:, None]], axis=1)
-          return out
-        fn = compilation.jit(forward, out_shardings=repl)
-        variables = jax.device_put({"backbones": backbones, "ics": ics}, repl)
       spec = data.spec(segments=s, sampling=config.data.logits_sampling)
       t0 = time.monotonic()
-      n = data.size(split)
-      parts: dict[str, np.ndarray] = {}
-      for host_batch in data.eval_batches(split, spec, global_batch=batch, per_host=per_host):
-        res = jax.device_get(fn(variables, mesh_lib.host_to_global(host_batch, runner.mesh)))
-        keep = np.asarray(res.pop("mask")) > 0
-        idx = np.asarray(res.pop("index"))[keep]
-        for k, v in res.items():
-          if k not in parts:
-            parts[k] = np.zeros((n,) + v.shape[1:], v.dtype)
-          parts[k][idx] = np.asarray(v)[keep]
+      out = runner.predict(forward, variables, data.eval_batches(
+          split, spec, global_batch=batch, per_host=per_host))
+      idx = out.pop("index")
+      parts = {}
+      for k, v in out.items():  # in the source's record order
+        parts[k] = np.zeros((data.size(split),) + v.shape[1:], v.dtype)
+        parts[k][idx] = v
       logging.info("Logits %s, %d segment(s): %.1f s.", split, s, time.monotonic() - t0)
       if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -757,6 +752,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
   # 1. Modality networks.
   t0 = time.monotonic()
   backbones, init_desc = {}, {}
+  histories: dict[str, list[tuple[int, dict[str, float]]]] = {}  # every evaluation, by stage
   for g in groups:
     inits = {}
     for net in g:
@@ -764,6 +760,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
       inits[net.name] = (p, s)
       init_desc[net.short] = desc
     res = bb_runner.run(backbone_stage(config, data, g, inits, "backbone" + suffix(g)))
+    histories["backbone" + suffix(g)] = res.history
     for net in g:
       backbones[net.name] = {"params": res.state.params[net.name],
                              "batch_stats": res.state.model_state[net.name]}
@@ -778,6 +775,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
     for g in groups:
       res = runner.run(ic_stage(config, data, g, nets, backbones, ic_init, kind,
                                 f"ic_{kind}" + suffix(g)))
+      histories[f"ic_{kind}" + suffix(g)] = res.history
       for net in g:
         ics[net.name][kind] = {"params": res.state.params[net.name],
                                "model_state": res.state.model_state[net.name]}
@@ -801,7 +799,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
             for net in nets.values()}
   ic_spe = steps_per_epoch(data.size("train"), int(config.ic.batch_size))
   networks, ic_table = _pkd_report.accuracies(
-      bb_dir, workdir, [(suffix(g), [net.short for net in g]) for g in groups], bb_spe, ic_spe)
+      histories, [(suffix(g), [net.short for net in g]) for g in groups], bb_spe, ic_spe)
   timing["total_s"] = time.monotonic() - t_start
 
   # A rerun that only restores must not replace the cost of the run that computed everything.
@@ -842,8 +840,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate(config)
   wd = epath.Path(workdir)
   splits = [int(s) for s in config.splits] if config.splits else [None]
-  if config.data.dataset not in ("ucf101", "hmdb51") and splits != [None]:
-    raise UserError(f"config.splits applies to ucf101 and hmdb51, not {config.data.dataset}")
+  if config.data.name not in ("ucf101", "hmdb51") and splits != [None]:
+    raise UserError(f"config.splits applies to ucf101 and hmdb51, not {config.data.name}")
   seeds = [int(s) for s in config.seeds] if config.seeds else [int(config.seed)]
   multi = len(splits) * len(seeds) > 1
   runs = []
@@ -864,8 +862,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- config
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The paper's settings (spec sections 6.1-6.3, 9, 10) on HMDB-51 split 1; configs adjust it."""
+def base_config() -> ml_collections.ConfigDict:
+  """Every field of the method at the paper's settings (spec sections 6.1-6.3, 9, 10) on HMDB-51
+  split 1: what every config starts from (``configs/pkd_hmdb.py`` writes its recipe out)."""
+  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
   config = train.engine_config(log_every=50, checkpoint_every=1000, max_to_keep=2)
   config.method = "pkd"
   config.seed = 4711  # the official scripts' seed
@@ -873,18 +873,14 @@ def default_config() -> ml_collections.ConfigDict:
   config.splits = ()  # several splits of ucf101 / hmdb51 (1, 2, 3): mean and std
   config.joint_networks = False
 
-  config.data = ml_collections.ConfigDict(dict(
-      dataset="hmdb51", split=1, config="", data_dir="~/tensorflow_datasets",
-      auto_prepare=False, prepare_workers=2,
-      train_segments=3, eval_segments=3, crop_size=224, resize_size=256,
+  config.data = sources.data_config(
+      name="hmdb51", config="split1", data_dir="~/tensorflow_datasets", num_workers=4,
+      read_threads=1,
+      train_segments=3, eval_segments=3,
       train_sampling="coviar",  # backbones: CoViAR's single-modality loader
       ic_train_sampling="fused",  # ICs: PKD's dataset_fuse.py (one GOP for all modalities)
       eval_sampling="coviar", logits_sampling="coviar",  # spec 6.3
-      cache_views=0,  # 0: stream through grain; >0: decode that many views into memory
-      workers=4,
-  ))
-  config.data.synthetic = ml_collections.ConfigDict(dict(
-      num_classes=12, train_clips=24, test_clips=12, num_frames=24, height=48, width=64))
+      cache_views=0)  # 0: stream through grain; >0: decode that many views into memory
 
   def net(model, lr, batch, groups):
     return ml_collections.ConfigDict(dict(
@@ -916,25 +912,7 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def paper_config(arg: str | None, *, dataset: str, display_name: str, config_file: str,
-                 wise_settings: tuple[tuple[int, int, int], ...]) -> ml_collections.ConfigDict:
-  """A paper config for ``dataset``; ``arg`` is '' | 'split=N' | 'smoke' (comma-separated)."""
-  options = dict(a.split("=", 1) if "=" in a else (a, "1") for a in (arg or "").split(",") if a)
-  unknown = set(options) - {"split", "smoke"}
-  if unknown:
-    raise ValueError(f"{config_file} has no option {sorted(unknown)}; use split=N or smoke")
-  config = default_config()
-  config.data.dataset = dataset
-  config.data.split = int(options.get("split", 1))
-  if config.data.split not in (1, 2, 3):
-    raise ValueError(f"{display_name} has splits 1, 2 and 3, got {config.data.split}")
-  config.wise.settings = wise_settings
-  if "smoke" in options:
-    smoke_overrides(config)
-  return config
-
-
-def smoke_overrides(config: ml_collections.ConfigDict) -> None:
+def smoke_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few real steps of every stage of a paper config, full-size networks at 112x112 crops.
 
   For checking a set-up (data, shapes, devices) before the real run; not a result.
@@ -949,6 +927,7 @@ def smoke_overrides(config: ml_collections.ConfigDict) -> None:
   config.ic.pkd_epochs = 6  # teachers: MV for epoch 0, R for epoch 1, own for epochs 2-5
   config.ic.train_crop_size = 0
   config.logits.batch_size = 8
-  config.data.workers = 0
+  config.data.num_workers = 0
   config.wise.settings = ((1, 1, 1),)
   config.wise.steps = 50
+  return config

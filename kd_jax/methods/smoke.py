@@ -61,8 +61,8 @@ def _stage(name: str, model: SequenceMLP, cfg: ml_collections.ConfigDict, seed: 
   def init_fn(key):
     return model.init(key, example)["params"], {}
 
-  def loss_fn(params, model_state, frozen, batch, rng):
-    del rng
+  def loss_fn(params, model_state, frozen, batch, rng, step):
+    del rng, step
     logits, _ = model.apply({"params": params}, batch["x"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     metrics = {"ce": ce}
@@ -85,7 +85,7 @@ def _stage(name: str, model: SequenceMLP, cfg: ml_collections.ConfigDict, seed: 
   return train.Stage(
       name=name, init_fn=init_fn, loss_fn=loss_fn, optimizer=cfg.optimizer,
       num_steps=cfg.num_steps, global_batch_size=batch,
-      train_data=lambda per_host: train.ArrayIterator(
+      train_data=lambda per_host: train.train_batches(
           data["train"], global_batch_size=batch, per_host_batch_size=per_host, seed=seed),
       frozen=teacher_params, eval_fn=eval_fn,
       eval_data=lambda per_host: train.eval_batches(

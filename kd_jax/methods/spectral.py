@@ -54,12 +54,12 @@ The ablation table is also printed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 import dataclasses
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -75,8 +75,15 @@ from kd_jax.methods import _common
 from kd_jax.methods import _spectral_report
 from kd_jax.models import layers as model_layers
 from kd_jax.train import compilation
+from kd_jax.train import mesh as mesh_lib
 from kd_jax.train import optim
 from kd_jax.train import weights as weights_lib
+
+if TYPE_CHECKING:  # Imported where used: the video stack is slow to import.
+  from kd_jax.data import streams
+
+# ``eval_batches(per_host)``: every evaluation clip once, padded (``Stage.eval_data``).
+EvalBatches = Callable[[int], Iterable[dict[str, np.ndarray]]]
 
 TERMS = ("ce", "kd", "spec", "param")
 DISTILL_TERMS = TERMS[1:]
@@ -98,7 +105,9 @@ _MOBILENET_SETTING_STAGE = {0: None, 1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4}
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field of the spectral method with the spec's recommended defaults (full-size models)."""
+  """Every field of the spectral method with the spec's recommended defaults (full-size models):
+  what every config starts from."""
+  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
   config = train.engine_config(log_every=50, checkpoint_every=500, max_to_keep=2)
   config.method = "spectral"
   config.seed = 0
@@ -106,24 +115,14 @@ def base_config() -> ml_collections.ConfigDict:
   # then also run the teacher's forward pass, unused): fewer compilations, more compute.
   config.shared_step = False
 
-  config.data = ml_collections.ConfigDict(dict(
-      name="synthetic_actions",
-      config="",             # builder config: split1 (ucf101), default / tiny / '' (custom, below)
-      data_dir="",           # TFDS data dir; '' = ~/tensorflow_datasets
-      auto_prepare=True,     # build synthetic_actions on first use (manual datasets never)
-      prepare_workers=2,
-      train_split="train",
-      eval_split="test",
-      num_segments=8,        # TSM: 8 uniformly sampled segments
-      crop_size=224,
-      resize_size=256,       # eval: resize to 256, centre crop 224 (TSM's efficient protocol)
-      flip="auto",           # auto: off for direction-sensitive datasets
-      num_workers=0,         # grain worker processes
-      read_threads=2,
-      cache_eval=False,      # keep the decoded eval set in memory (small eval sets only)
-  ))
-  config.data.synthetic = ml_collections.ConfigDict(dict(
-      num_classes=12, num_frames=32, height=48, width=64, train_clips=32, test_clips=12, seed=0))
+  # synthetic_actions, generated on first use at the size in `synthetic` (any config but default /
+  # tiny); eval: resize to 256, centre crop 224 (TSM's efficient protocol).
+  config.data = sources.data_config(
+      auto_prepare=True,
+      num_segments=8,  # TSM: 8 uniformly sampled segments
+      cache_eval=False,  # keep the decoded eval set in memory (small eval sets only)
+      synthetic=dict(num_classes=12, num_frames=32, height=48, width=64, train_clips=32,
+                     test_clips=12, seed=0))
 
   def model(name, **kwargs):
     block = ml_collections.ConfigDict(dict(model=name, checkpoint="", init_checkpoint=""))
@@ -174,7 +173,6 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-
 def tsm_recipe(config: ml_collections.ConfigDict, *, num_train: int, epochs: int, batch: int,
                lr: float, weight_decay: float) -> ml_collections.ConfigDict:
   """TSM's public recipe (spec section 8.2) for the teacher and the student: SGD momentum 0.9,
@@ -208,30 +206,6 @@ def smoke_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   config.train.checkpoint_every = 200
   config.ablation = ("ce", "all")
   config.report.num_clips = 8
-  return config
-
-
-def paper_config(arg: str | None, *, config_file: str, dataset: str, flip: str, num_train: int,
-                 epochs: int, batch: int, lr: float, weight_decay: float
-                 ) -> ml_collections.ConfigDict:
-  """A paper config (``configs/spectral_{ssv2,jester,kinetics}.py``) and its variants: '' (the
-  TSM-MobileNetV2 student), 'r18' (TSM-ResNet-18 student) and 'smoke' (:func:`smoke_variant`)."""
-  if arg not in (None, "", "r18", "smoke"):
-    raise ValueError(f"{config_file} has no variant {arg!r}; use '', 'r18' or 'smoke'")
-  config = base_config()
-  config.data.name = dataset
-  config.data.config = "default"
-  config.data.eval_split = "validation"
-  config.data.flip = flip
-  config.data.num_workers = 8
-  config = tsm_recipe(config, num_train=num_train, epochs=epochs, batch=batch, lr=lr,
-                      weight_decay=weight_decay)
-  config.ablation = ("ce", "kd", "spec", "param", "all")
-  if arg == "r18":
-    config.student.model = "tsm_resnet18"
-  if arg == "smoke":
-    config = smoke_variant(config)
-    config.data.num_workers = 0
   return config
 
 
@@ -555,54 +529,14 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 # Data.
 
 
-@dataclasses.dataclass
-class Data:
-  train: Any
-  eval: Any
-  num_classes: int
-  class_names: list[str]
-  spec: Any
-  description: str
-
-
-def load_data(config: ml_collections.ConfigDict) -> Data:
-  """The train and eval sources of ``config.data``; prepares ``synthetic_actions`` on first use."""
-  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
-  from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
-
+def load_data(config: ml_collections.ConfigDict) -> streams.Streams:
+  """The dataset of ``config.data`` as TSN segments; prepares ``synthetic_actions`` on first use
+  (configs other than the two named ones: the size in ``data.synthetic``)."""
+  from kd_jax.data import streams  # pylint: disable=g-import-not-at-top,redefined-outer-name
   dcfg = config.data
-  # synthetic_actions configs other than the two named ones: the size in data.synthetic.
   sized = dcfg.name == "synthetic_actions" and dcfg.config not in ("default", "tiny")
-  try:
-    opened = sources.open_data_config(dcfg, sized=sized)
-    flip = sources.parse_flip(dcfg.flip)
-  except common.DatasetError as e:
-    raise UserError(str(e)) from None
-  spec = pipeline.make_spec("rgb_segments", num_segments=dcfg.num_segments,
-                            crop_size=dcfg.crop_size, resize_size=dcfg.resize_size or None,
-                            flip=flip)
-  names = opened.class_names
-  return Data(opened.train, opened.eval, len(names), names, spec, opened.description)
-
-
-class _EvalBatches:
-  """Evaluation batches; decoded once and kept in memory when ``cache`` (small eval sets)."""
-
-  def __init__(self, data: Data, config: ml_collections.ConfigDict):
-    self.data, self.config = data, config
-    self._cache: dict[int, list[dict[str, np.ndarray]]] = {}
-
-  def __call__(self, per_host: int):
-    from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    dcfg = self.config.data
-    make = lambda: pipeline.make_eval(self.data.eval, self.data.spec, batch_size=per_host,
-                                      num_workers=dcfg.num_workers)
-    if not dcfg.cache_eval:
-      return make()
-    if per_host not in self._cache:
-      self._cache[per_host] = list(make())
-    return self._cache[per_host]
+  return streams.open_streams(dcfg, "rgb_segments", sized=sized,
+                              num_segments=int(dcfg.num_segments))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -647,7 +581,7 @@ class Setup:
   """Everything the stages share: models, shapes, pairing, data."""
 
   config: ml_collections.ConfigDict
-  data: Data
+  data: streams.Streams
   teacher: nn.Module
   student: nn.Module
   adapters: dict[str, SpectrumAdapter]
@@ -658,7 +592,7 @@ class Setup:
   teacher_init_vars: Mapping[str, Any] | None = None  # pretrained teacher weights, or None
 
 
-def make_setup(config: ml_collections.ConfigDict, data: Data) -> Setup:
+def make_setup(config: ml_collections.ConfigDict, data: streams.Streams) -> Setup:
   """Builds the models; checks, before any training, that the configured taps and kernels pair."""
   dcfg = config.data
   example = np.zeros((1, dcfg.num_segments, dcfg.crop_size, dcfg.crop_size, 3), np.float32)
@@ -731,20 +665,12 @@ def _optimizer(block: ml_collections.ConfigDict, *, teacher_factor: float | None
   return opt
 
 
-def _train_data(setup: Setup):
+def _train_data(setup: Setup) -> Callable[[int], Any]:
   """Every stage sees the same seeded data order and augmentation."""
-  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  cfg = setup.config
-
-  def make(per_host: int):
-    return iter(pipeline.make_train(setup.data.train, setup.data.spec, batch_size=per_host,
-                                    seed=cfg.seed, num_workers=cfg.data.num_workers,
-                                    read_threads=cfg.data.read_threads))
-
-  return make
+  return lambda per_host: setup.data.train(per_host, seed=setup.config.seed)
 
 
-def teacher_stage(setup: Setup, eval_batches: _EvalBatches) -> train.Stage:
+def teacher_stage(setup: Setup, eval_batches: EvalBatches) -> train.Stage:
   """Trains the teacher with cross-entropy."""
   cfg = setup.config.teacher
   model, example = setup.teacher, setup.example
@@ -753,8 +679,8 @@ def teacher_stage(setup: Setup, eval_batches: _EvalBatches) -> train.Stage:
     return _pretrained(*_init_model(model, jax.random.fold_in(key, 1), example),
                        setup.teacher_init_vars, "teacher.init_checkpoint")
 
-  def loss_fn(params, model_state, frozen, batch, rng):
-    del frozen
+  def loss_fn(params, model_state, frozen, batch, rng, step):
+    del frozen, step
     (logits, _), new_state = model.apply({"params": params, **model_state}, batch["video"],
                                          train=True, mutable=list(model_state),
                                          rngs={"dropout": rng})
@@ -785,7 +711,7 @@ def switches(entry: Entry, config: ml_collections.ConfigDict) -> dict[str, np.nd
 
 
 def student_objective(setup: Setup, *, need_teacher: bool, mutual: bool):
-  """``loss_fn(params, model_state, frozen, batch, rng)`` of a student stage (see the module doc).
+  """``loss_fn(params, model_state, frozen, batch, rng, step)`` of a student stage (see the module doc).
 
   ``need_teacher`` and ``mutual`` are static; which terms are on and how they are weighted come from
   ``frozen['switch']`` (:func:`switches`), so one compiled step serves many ablation entries.
@@ -795,7 +721,8 @@ def student_objective(setup: Setup, *, need_teacher: bool, mutual: bool):
   tau = float(config.kd.temperature)
   sp = config.spec
 
-  def loss_fn(params, model_state, frozen, batch, rng):
+  def loss_fn(params, model_state, frozen, batch, rng, step):
+    del step
     x, y = batch["video"], batch["label"]
     rng_s, rng_t = jax.random.split(rng)
     new_state = {}
@@ -862,7 +789,7 @@ def student_objective(setup: Setup, *, need_teacher: bool, mutual: bool):
 
 
 def student_stage(setup: Setup, entry: Entry, teacher_vars: Mapping[str, Any],
-                  eval_batches: _EvalBatches) -> tuple[train.Stage, Any]:
+                  eval_batches: EvalBatches) -> tuple[train.Stage, Any]:
   """The stage of one ablation entry, and its init function (shared by all entries)."""
   config = setup.config
   cfg = config.student
@@ -929,7 +856,7 @@ def _host(tree: Any) -> Any:
   return jax.tree.map(one, tree)
 
 
-def _report_clips(eval_batches: _EvalBatches, num: int) -> np.ndarray:
+def _report_clips(eval_batches: EvalBatches, num: int) -> np.ndarray:
   """Up to ``num`` real evaluation clips (this process's share), for the spectra."""
   out, have = [], 0
   for batch in eval_batches(max(1, min(num, 16))):
@@ -942,7 +869,7 @@ def _report_clips(eval_batches: _EvalBatches, num: int) -> np.ndarray:
 
 
 def report_spectra(setup: Setup, teacher_vars, init_fn, results: Mapping[Entry, Any],
-                   eval_batches: _EvalBatches) -> tuple[str, dict[str, dict[str, Any]]]:
+                   eval_batches: EvalBatches) -> tuple[str, dict[str, dict[str, Any]]]:
   """The report's layer and its :func:`spectra`: the teacher, the student at initialisation
   (``'init'``, from the stages' shared ``init_fn``) and every trained student."""
   config = setup.config
@@ -1020,7 +947,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data = load_data(config)
   setup = make_setup(config, data)
   runner = train.Runner(config, workdir)
-  eval_batches = _EvalBatches(data, config)
+  eval_batches = data.eval
   timings: dict[str, float] = {}
 
   # 1. The teacher.
@@ -1080,17 +1007,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return results_json
 
 
-def _evaluate_teacher(setup: Setup, teacher_vars, eval_batches: _EvalBatches,
+def _evaluate_teacher(setup: Setup, teacher_vars, eval_batches: EvalBatches,
                       runner: train.Runner) -> dict[str, float]:
-  """Top-1/top-5 of a loaded teacher on the evaluation split (process-local, once)."""
+  """Top-1/top-5 of a loaded teacher on the evaluation split, over every process's examples."""
   from kd_jax.train import evaluation  # pylint: disable=g-import-not-at-top
   teacher = setup.teacher
-  fn = compilation.jit(lambda v, x: teacher.apply(v, x, train=False)[0])
-  v = _host(teacher_vars)
-  sums = []
-  for batch in eval_batches(setup.config.teacher.batch_size // max(1, jax.process_count())):
-    logits = fn(v, jnp.asarray(batch["video"]))
-    sums.append(evaluation.classification_sums(logits, jnp.asarray(batch["label"]),
-                                               jnp.asarray(batch["mask"])))
-  del runner
-  return evaluation.finalize(sums)
+  batch = int(setup.config.teacher.batch_size)
+  out = runner.predict(
+      lambda v, b: {"logits": teacher.apply(v, b["video"], train=False)[0], "label": b["label"]},
+      _host(teacher_vars), eval_batches(mesh_lib.per_host_batch_size(batch, runner.mesh)))
+  # Summed per evaluation batch, as the engine's evaluation does, so the numbers match a stage's.
+  return evaluation.finalize(
+      evaluation.classification_sums(jnp.asarray(out["logits"][i:i + batch]),
+                                     jnp.asarray(out["label"][i:i + batch]))
+      for i in range(0, len(out["label"]), batch))

@@ -4,9 +4,11 @@ A method builds :class:`Stage` objects from its losses and models and hands them
 :class:`Runner`, which trains, evaluates, checkpoints, resumes and reports.
 """
 
-from kd_jax.train.arrays import ArrayIterator
 from kd_jax.train.arrays import eval_batches
+from kd_jax.train.arrays import train_batches
+from kd_jax.train.config import config_module
 from kd_jax.train.config import engine_config
+from kd_jax.train.config import parse_arg
 from kd_jax.train.loop import NonFiniteError
 from kd_jax.errors import Preempted
 from kd_jax.train.loop import Runner
@@ -17,6 +19,7 @@ from kd_jax.train.steps import Switch
 from kd_jax.train.steps import TrainState
 
 __all__ = [
-    "ArrayIterator", "NonFiniteError", "Preempted", "Runner", "Stage", "StageResult",
-    "Switch", "TrainState", "engine_config", "eval_batches", "optimizer_config",
+    "NonFiniteError", "Preempted", "Runner", "Stage", "StageResult", "Switch", "TrainState",
+    "config_module", "engine_config", "eval_batches", "optimizer_config", "parse_arg",
+    "train_batches",
 ]

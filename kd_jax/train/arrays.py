@@ -1,14 +1,20 @@
-"""In-memory datasets as checkpointable batch iterators (generated data, cached logits, tests).
+"""In-memory datasets (generated data, decoded caches, tests) as grain datasets.
 
-Each global batch is drawn from a seeded permutation of the examples; every process takes its own
-contiguous slice of it, so the global batch is the same whatever the number of processes.
+Training: an endless stream of examples, epoch after epoch, each epoch a seeded permutation cut to
+whole global batches; every process takes the stream positions ``[process_index::process_count]``
+and batches them, as the video pipelines do (:mod:`kd_jax.data.pipeline`), so a global batch is the
+same block of the stream whatever the number of processes. grain batches, slices per process and
+checkpoints the iterator. Evaluation: every example once, in order, padded to whole global
+batches, ``mask`` 0 on padding.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+import functools
+import sys
 
+import grain
 import jax
 import numpy as np
 
@@ -20,51 +26,58 @@ def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
   return sizes.pop()
 
 
-class ArrayIterator:
-  """Endless shuffled training batches; ``get_state``/``set_state`` make it resumable."""
+class _ShuffledEpochs:
+  """Example index at each position of the endless training stream (a grain source)."""
 
-  def __init__(self, arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
-               per_host_batch_size: int, seed: int):
-    self._arrays = dict(arrays)
-    self._n = _num_examples(self._arrays)
-    if global_batch_size > self._n:
-      raise ValueError(f"batch size {global_batch_size} exceeds the {self._n} examples")
-    self._global, self._local, self._seed = global_batch_size, per_host_batch_size, seed
-    self._epoch, self._pos = 0, 0
+  def __init__(self, num_examples: int, global_batch_size: int, seed: int):
+    self._n, self._seed = num_examples, seed
+    # The remainder of each epoch is dropped: every batch is full.
+    self._per_epoch = (num_examples // global_batch_size) * global_batch_size
 
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
+  def __len__(self) -> int:
+    return sys.maxsize
 
-  def _order(self) -> np.ndarray:
-    return np.random.default_rng([self._seed, self._epoch]).permutation(self._n)
+  @functools.lru_cache(maxsize=2)
+  def _order(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self._seed, epoch]).permutation(self._n)
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self._pos + self._global > self._n:  # Drop the remainder: every batch is full.
-      self._epoch, self._pos = self._epoch + 1, 0
-    idx = self._order()[self._pos:self._pos + self._global]
-    self._pos += self._global
-    first = jax.process_index() * self._local
-    idx = idx[first:first + self._local]
-    return {k: v[idx] for k, v in self._arrays.items()}
+  def __getitem__(self, position: int) -> int:
+    epoch, pos = divmod(position, self._per_epoch)
+    return int(self._order(epoch)[pos])
 
-  def get_state(self) -> bytes:
-    return json.dumps({"epoch": self._epoch, "pos": self._pos}).encode()
 
-  def set_state(self, state: bytes) -> None:
-    state = json.loads(state)
-    self._epoch, self._pos = int(state["epoch"]), int(state["pos"])
+def _process_slice(ds: grain.MapDataset, per_host_batch_size: int,
+                   process: tuple[int, int] | None) -> grain.MapDataset:
+  index, count = process or (jax.process_index(), jax.process_count())
+  return ds[index::count].batch(per_host_batch_size, drop_remainder=True)
 
-  def start_prefetch(self) -> None:
-    """Part of the interface grain's checkpoint handler calls after a restore; nothing to do."""
+
+def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
+                  per_host_batch_size: int, seed: int,
+                  process: tuple[int, int] | None = None) -> grain.DatasetIterator:
+  """Endless shuffled training batches (this process's share); a checkpointable grain iterator.
+
+  ``process``: ``(process_index, process_count)``, default this process's.
+  """
+  arrays = dict(arrays)
+  n = _num_examples(arrays)
+  if global_batch_size > n:
+    raise ValueError(f"batch size {global_batch_size} exceeds the {n} examples")
+  ds = grain.MapDataset.source(_ShuffledEpochs(n, global_batch_size, seed))
+  ds = _process_slice(ds.map(lambda i: {k: v[i] for k, v in arrays.items()}),
+                      per_host_batch_size, process)
+  return iter(ds.to_iter_dataset())
 
 
 def eval_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
-                 per_host_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+                 per_host_batch_size: int, process: tuple[int, int] | None = None
+                 ) -> grain.MapDataset:
   """Every example once, in order, padded to whole global batches; ``mask`` is 0 on padding."""
+  arrays = dict(arrays)
   n = _num_examples(arrays)
-  first = jax.process_index() * per_host_batch_size
-  for start in range(0, n, global_batch_size):
-    idx = np.arange(start, start + global_batch_size)[first:first + per_host_batch_size]
-    mask = (idx < n).astype(np.float32)
-    idx = np.minimum(idx, n - 1)
-    yield {**{k: v[idx] for k, v in arrays.items()}, "mask": mask}
+  total = -(-n // global_batch_size) * global_batch_size
+
+  def example(i: int) -> dict[str, np.ndarray]:
+    return {**{k: v[min(i, n - 1)] for k, v in arrays.items()}, "mask": np.float32(i < n)}
+
+  return _process_slice(grain.MapDataset.range(total).map(example), per_host_batch_size, process)

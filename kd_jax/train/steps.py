@@ -2,17 +2,21 @@
 
 A method states one step as
 
-  loss_fn(params, model_state, frozen, batch, rng) -> (loss, (metrics, new_model_state))
+  loss_fn(params, model_state, frozen, batch, rng, step) -> (loss, (metrics, new_model_state))
 
 where ``params`` are the trainable parameters, ``model_state`` the mutable collections (BatchNorm
 statistics; ``{}`` if none), ``frozen`` everything that is read but never trained (teachers, cached
-targets), ``batch`` the global batch and ``rng`` this step's key. ``metrics`` is a dict of scalars
+targets), ``batch`` the global batch, ``rng`` this step's key and ``step`` the number of steps
+taken before this one (int32 scalar, 0 first): the one step counter, from which a method derives
+its epoch, curriculum phase or loss ramp. ``metrics`` is a dict of scalars
 (every loss term). The engine adds the gradient, update and parameter norms and the learning rate,
 and jit-compiles the step once, with the state replicated, the batch split over ``'data'`` and the
 old state donated.
 
 A stage whose steps alternate between objectives (GenKD's two passes) gives a :class:`Switch`: the
-branch is picked inside the one compiled step, and each branch is differentiated on its own.
+branch is picked from the step inside the one compiled step, and each branch is differentiated on
+its own. The optimiser's update also receives ``step`` (optax's extra arguments; transformations
+that do not take it ignore it), so an optimiser that alternates needs no counter of its own.
 
 Anything the loss reduces over the batch (a mean, a batch-wide renormalisation) is global across
 devices and hosts: under ``jax.jit`` the batch is one global array.
@@ -41,7 +45,7 @@ EvalFn = Callable[[Any, Any, Any, Any], dict[str, jax.Array]]
 
 @dataclasses.dataclass(frozen=True)
 class Switch:
-  """A loss that is one of ``branches`` at each step, picked by ``index(model_state)`` (int32).
+  """A loss that is one of ``branches`` at each step, picked by ``index(step)`` (int32).
 
   Every branch is a :data:`LossFn` with the same outputs (the same metric names). The step takes
   the gradient inside the chosen branch (``lax.switch`` of ``value_and_grad`` s), not of a
@@ -102,6 +106,7 @@ def build_steps(
   """
   repl = mesh_lib.replicated(mesh)
   data = mesh_lib.batch_sharded(mesh)
+  tx = optax.with_extra_args_support(tx)
 
   def init(key):
     params, model_state = init_fn(key)
@@ -117,16 +122,15 @@ def build_steps(
 
     def value_and_grad(fn):
       def objective(params):
-        return fn(params, state.model_state, frozen, batch, rng)
+        return fn(params, state.model_state, frozen, batch, rng, state.step)
       return jax.value_and_grad(objective, has_aux=True)
 
     if isinstance(loss_fn, Switch):
       (loss, (metrics, model_state)), grads = jax.lax.switch(
-          loss_fn.index(state.model_state), [value_and_grad(f) for f in loss_fn.branches],
-          state.params)
+          loss_fn.index(state.step), [value_and_grad(f) for f in loss_fn.branches], state.params)
     else:
       (loss, (metrics, model_state)), grads = value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, step=state.step)
     params = optax.apply_updates(state.params, updates)
     grad_norm = _global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
