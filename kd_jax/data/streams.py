@@ -59,36 +59,42 @@ class Streams:
                                     seed=seed, num_workers=self.num_workers,
                                     read_threads=self.read_threads))
 
-  def eval(self, per_host: int, *, spec: pipeline.ClipSpec | None = None
+  def eval(self, per_host: int, *, spec: pipeline.ClipSpec | None = None, split: str = "eval"
            ) -> Iterable[dict[str, np.ndarray]]:
-    """Every evaluation video once, padded to whole batches (``mask``: 1.0 real, 0.0 padding)."""
+    """Every video of the eval split (or, ``split='train'``, of the training split, e.g. for
+    logits) once, unaugmented, padded to whole batches (``mask``: 1.0 real, 0.0 padding)."""
     spec = spec or self.spec
+    source = {"eval": self.opened.eval, "train": self.opened.train}[split]
 
     def make():
-      ds = pipeline.make_eval(self.opened.eval, spec, batch_size=per_host,
-                              num_workers=self.num_workers, read_threads=self.read_threads)
+      ds = pipeline.make_eval(source, spec, batch_size=per_host, num_workers=self.num_workers,
+                              read_threads=self.read_threads)
       return ({**b, "mask": np.asarray(b["mask"], np.float32)} for b in ds)
 
     if not self.cache_eval:
       return make()
-    key = (per_host, spec)
+    key = (per_host, spec, split)
     if key not in self._cache:
       self._cache[key] = list(make())
     return self._cache[key]
 
 
-def open_streams(dcfg: Any, kind: pipeline.Kind, *, sized: bool, **spec_fields: Any) -> Streams:
+def open_streams(dcfg: Any, kind: pipeline.Kind, *, sized: bool | None = None,
+                 **spec_fields: Any) -> Streams:
   """Opens the dataset of ``config.data`` (``dcfg``) with a ``kind`` clip spec.
 
   Args:
     dcfg: a method's ``config.data`` (:func:`kd_jax.data.sources.data_config`).
     kind: ``compressed``, ``rgb_clip`` or ``rgb_segments``.
-    sized: a ``synthetic_actions`` of the size in ``dcfg.synthetic``.
+    sized: a ``synthetic_actions`` of the size in ``dcfg.synthetic``; None: when the config is
+      ``custom``.
     **spec_fields: the method's own clip fields (``clip_len``, ``num_segments``, ...).
 
   Raises:
     UserError: the dataset is unknown, not prepared, or lacks a split; ``flip`` is invalid.
   """
+  if sized is None:
+    sized = dcfg.name == "synthetic_actions" and dcfg.config == "custom"
   try:
     opened = sources.open_data_config(dcfg, sized=sized)
     flip = sources.parse_flip(dcfg.flip)

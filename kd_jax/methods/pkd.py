@@ -185,25 +185,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def open_dataset(data: ml_collections.ConfigDict, split: int | None = None):
-  """The configured dataset's train and eval splits (``kd_jax.data.sources.Splits``).
-
-  ``split`` (an entry of ``config.splits``) replaces ``data.config`` with ``f'split{split}'``
-  (ucf101, hmdb51); ``data.config='custom'`` is a ``synthetic_actions`` of the size in
-  ``data.synthetic``; synthetic data is generated on first use when ``data.auto_prepare`` is on.
-  """
-  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
-  from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
-  if split is not None:
-    data = data.copy_and_resolve_references()  # the run's config keeps its own split
-    data.config = f"split{split}"
-  sized = data.name == "synthetic_actions" and data.config == "custom"
-  try:
-    return sources.open_data_config(data, sized=sized)
-  except common.DatasetError as e:
-    raise UserError(f"data: {e}") from None
-
-
 class Batches:
   """A checkpointable batch iterator built on first use, so that restoring a finished stage
   decodes nothing."""
@@ -255,17 +236,19 @@ class Data:
 
   def __init__(self, config: ml_collections.ConfigDict, split: int | None = None):
     from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
+    from kd_jax.data import streams  # pylint: disable=g-import-not-at-top
     self.pipeline = pipeline
     self.cfg = config.data
     self.seed = config.seed
-    self.flip = sources.parse_flip(self.cfg.flip)  # checked by validate()
-    self.builder, self.sources = None, {}
-    opened = open_dataset(self.cfg, split)
-    self.builder, self.sources = opened.builder, {"train": opened.train, "test": opened.eval}
+    dcfg = self.cfg
+    if split is not None:  # an entry of config.splits; the run's config keeps its own split
+      dcfg = dcfg.copy_and_resolve_references()
+      dcfg.config = f"split{split}"
+    self.streams = streams.open_streams(dcfg, "compressed", num_segments=int(dcfg.eval_segments))
+    opened = self.streams.opened
+    self.sources = {"train": opened.train, "test": opened.eval}
     self.name = opened.name
     self.num_classes = len(opened.class_names)
-    self.labels = {}
     self._cache: dict[Any, dict[str, np.ndarray]] = {}
 
   def size(self, split: str) -> int:
@@ -273,11 +256,10 @@ class Data:
 
   def spec(self, *, segments: int, sampling: str, crop: int | None = None,
            modalities: Sequence[str] = NETWORKS):
-    c = self.cfg
-    return self.pipeline.make_spec(
-        "compressed", num_segments=int(segments), crop_size=int(crop or c.crop_size),
-        resize_size=int(c.resize_size) if c.resize_size else None, sampling=sampling,
-        modalities=tuple(m for m in NETWORKS if m in modalities), flip=self.flip)
+    return dataclasses.replace(
+        self.streams.spec, num_segments=int(segments), sampling=sampling,
+        crop_size=int(crop or self.cfg.crop_size),
+        modalities=tuple(m for m in NETWORKS if m in modalities))
 
   def _decode_all(self, split: str, spec, *, train: bool, views: int = 1) -> dict[str, np.ndarray]:
     key = (split, spec, train, views)
@@ -307,10 +289,7 @@ class Data:
       arrays = {k: v for k, v in arrays.items() if k in spec.modalities or k == "label"}
       return train.train_batches(arrays, global_batch_size=global_batch,
                                  per_host_batch_size=per_host, seed=seed)
-    ds = self.pipeline.make_train(self.sources["train"], spec, batch_size=per_host, seed=seed,
-                                  num_workers=int(self.cfg.num_workers),
-                                  read_threads=int(self.cfg.read_threads))
-    return iter(ds)
+    return self.streams.train(per_host, seed=seed, spec=spec)
 
   def eval_batches(self, split: str, spec, *, global_batch: int,
                    per_host: int) -> Iterable[dict[str, np.ndarray]]:
@@ -321,10 +300,7 @@ class Data:
       arrays = {k: v for k, v in arrays.items() if k in spec.modalities or k in ("label", "index")}
       return train.eval_batches(arrays, global_batch_size=global_batch,
                                 per_host_batch_size=per_host)
-    ds = self.pipeline.make_eval(self.sources[split], spec, batch_size=per_host,
-                                 num_workers=int(self.cfg.num_workers),
-                                 read_threads=int(self.cfg.read_threads))
-    return ({k: (v.astype(np.float32) if k == "mask" else v) for k, v in b.items()} for b in ds)
+    return self.streams.eval(per_host, spec=spec, split="eval" if split == "test" else split)
 
 
 # ----------------------------------------------------------------------------- models
