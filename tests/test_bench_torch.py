@@ -283,7 +283,7 @@ def test_losses_match_kd_jax():
   got = torch_steps._parameter_frequency_loss(
       [[torch.from_numpy(k) for k in st] for st in stud],
       [[torch.from_numpy(k) for k in st] for st in teach], dct).item()
-  # kd_jax pools a stage's kernels into one [kh, kw, 1, N] kernel (spectral._pooled_slices).
+  # kd_jax pools a stage's kernels into one [kh, kw, 1, N] kernel (_spectral_terms._pooled_slices).
   pool = lambda st: np.concatenate([k.transpose(2, 3, 1, 0).reshape(3, 3, 1, -1) for k in st], -1)  # noqa: E731
   want = losses.parameter_frequency_loss([pool(st) for st in stud], [pool(st) for st in teach])
   np.testing.assert_allclose(got, want, **close)
