@@ -181,8 +181,8 @@ def main(argv: list[str]) -> None:
   status = 0
   try:
     _run(method, config)
-  except SystemExit as e:
-    status = e.code if isinstance(e.code, int) else 1
+  except SystemExit as e:  # sys.exit(None) is success; a message is a failure, as Python has it
+    status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
   except BaseException:  # pylint: disable=broad-except
     traceback.print_exc()
     status = 1

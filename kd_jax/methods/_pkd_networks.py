@@ -99,23 +99,23 @@ def init_heads(net: Network, crop: int, seed: int) -> tuple[dict, dict]:
   return v["params"], v.get("batch_stats", {})
 
 
+def _apply(module, variables: dict, x, *, train: bool):
+  """``module.apply`` in train mode (returning the updated BatchNorm statistics) or eval mode."""
+  if train:
+    out, upd = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+  return module.apply(variables, x, train=False), variables["batch_stats"]
+
+
 def _ic_forward(net: Network, bb_params, bb_stats, ic_params, ic_stats, x, *, train_ic: bool,
                 train_bb: bool):
   """Backbone (frozen) then heads; returns (final logits, IC logits [B,3,K], new stats)."""
-  bb_vars = {"params": bb_params, "batch_stats": bb_stats}
-  if train_bb:
-    (final, feats), upd = net.backbone.apply(bb_vars, x, train=True, mutable=["batch_stats"])
-    bb_stats = upd["batch_stats"]
-  else:
-    final, feats = net.backbone.apply(bb_vars, x, train=False)
+  (final, feats), bb_stats = _apply(net.backbone, {"params": bb_params, "batch_stats": bb_stats},
+                                    x, train=train_bb)
   taps = {t: jax.lax.stop_gradient(feats[t]) for t in IC_TAPS}
   final = jax.lax.stop_gradient(final)
-  ic_vars = {"params": ic_params, "batch_stats": ic_stats}
-  if train_ic:
-    (ic_logits, _), upd = net.heads.apply(ic_vars, taps, train=True, mutable=["batch_stats"])
-    ic_stats = upd["batch_stats"]
-  else:
-    ic_logits, _ = net.heads.apply(ic_vars, taps, train=False)
+  (ic_logits, _), ic_stats = _apply(net.heads, {"params": ic_params, "batch_stats": ic_stats},
+                                    taps, train=train_ic)
   return final, ic_logits, bb_stats, ic_stats
 
 
