@@ -12,6 +12,8 @@ from kd_jax.train.config import parse_arg
 from kd_jax.train.loop import NonFiniteError
 from kd_jax.errors import Preempted
 from kd_jax.train.loop import Runner
+from kd_jax.train.loop import SELECTIONS
+from kd_jax.train.loop import Selected
 from kd_jax.train.loop import Stage
 from kd_jax.train.loop import StageResult
 from kd_jax.train.optim import optimizer_config
@@ -19,7 +21,7 @@ from kd_jax.train.steps import Switch
 from kd_jax.train.steps import TrainState
 
 __all__ = [
-    "NonFiniteError", "Preempted", "Runner", "Stage", "StageResult", "Switch", "TrainState",
+    "NonFiniteError", "Preempted", "Runner", "SELECTIONS", "Selected", "Stage", "StageResult", "Switch", "TrainState",
     "config_module", "engine_config", "eval_batches", "optimizer_config", "parse_arg",
     "train_batches",
 ]

@@ -101,6 +101,47 @@ class Checkpointer:
     self._manager.close()
 
 
+class Kept:
+  """The weights (``params`` and ``model_state``, no optimiser state) of a stage at its best
+  evaluation by one metric: one orbax step per directory, saved synchronously, so that a stage's
+  regular checkpoint at a step is never complete before the best weights it implies are.
+  """
+
+  def __init__(self, directory: str | epath.Path):
+    self.directory = epath.Path(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("weights", "meta"))
+
+  def steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, weights: Any, meta: dict[str, Any]) -> None:
+    if step in self._manager.all_steps():  # saved before an interruption: the same weights
+      return
+    self._manager.save(step, args=ocp.args.Composite(
+        weights=ocp.args.StandardSave(weights), meta=ocp.args.JsonSave(dict(meta))), force=True)
+
+  def drop_after(self, step: int) -> None:
+    """Forgets weights kept after ``step``: a resume from ``step`` evaluates those steps again."""
+    for s in self._manager.all_steps():
+      if s > step:
+        self._manager.delete(s)
+
+  def restore(self, step: int, abstract_weights: Any) -> Any:
+    if step not in self._manager.all_steps():
+      raise UserError(
+          f"{self.directory} has no weights of step {step}, the best evaluation in this stage's "
+          "history (was the stage run with selection 'last', or with another config?); rerun with "
+          "a new --workdir, or delete this stage's checkpoints to train it again")
+    return self._manager.restore(step, args=ocp.args.Composite(
+        weights=ocp.args.StandardRestore(abstract_weights)))["weights"]
+
+  def close(self) -> None:
+    self._manager.close()
+
+
 # ----------------------------------------------------------------------------- exported weights
 
 

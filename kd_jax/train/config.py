@@ -23,7 +23,9 @@ def engine_config(**train_overrides) -> ml_collections.ConfigDict:
       cpu_compile="fast"))
   train.update(train_overrides)
   mesh = ml_collections.ConfigDict(dict(num_devices=-1))
-  return ml_collections.ConfigDict({"train": train, "mesh": mesh})
+  # Which weights a stage hands on (kd_jax.train.loop): 'last', 'best_test' (the papers' protocol:
+  # the best evaluation on the test split) or 'best_val' (best on held-out training videos).
+  return ml_collections.ConfigDict({"train": train, "mesh": mesh, "selection": "last"})
 
 
 def parse_arg(arg: str | None, *, allowed: Mapping[str, type] | Collection[str],

@@ -6,6 +6,13 @@ is at its final step is finished: a rerun restores its final state (later stages
 its results instead of training again. An unfinished stage resumes from its latest complete
 checkpoint, data iterator included, and ends bit-identical to an uninterrupted run.
 
+Model selection (``config.selection``): ``'last'`` hands the final state on; ``'best_test'`` and
+``'best_val'`` also keep, per selected part of a stage (:attr:`Stage.select`), the weights of the
+evaluation with the highest metric on the evaluation data or on held-out training data
+(:attr:`Stage.val_data`), in ``workdir/checkpoints/<stage>-best[-<part>]``, and hand those on
+(:meth:`StageResult.pick`). Kept weights are written before the regular checkpoint of the same
+step, and a resume forgets those after its step, so an interrupted run keeps the same ones.
+
 SIGTERM, or orbax's preemption sync point on a pod, saves a checkpoint and ends the run cleanly
 (:class:`Preempted`); a non-finite loss or gradient stops it with the last good checkpoint kept
 (:class:`NonFiniteError`).
@@ -37,6 +44,9 @@ from kd_jax.train import mesh as mesh_lib
 from kd_jax.train import metrics as metrics_lib
 from kd_jax.train import optim
 from kd_jax.train import steps as steps_lib
+
+
+SELECTIONS = ("last", "best_test", "best_val")
 
 
 class NonFiniteError(UserError):
@@ -76,6 +86,11 @@ class Stage:
     eval_data: ``eval_data(per_host_batch_size) -> iterable of host batches`` with ``'label'`` and
       ``'mask'``; every process must yield the same number of batches.
     eval_every: evaluate every this many steps (0: only at the end).
+    select: ``{part: metric}``: what model selection keeps (``{'': 'top1'}`` by default): one
+      best state per part, by that key of the evaluation metrics (a part is a name for what the
+      method takes from that state, e.g. one of several classifiers trained together).
+    val_data: like ``eval_data``, on held-out training examples: evaluated beside it (metrics
+      ``val/<name>``) when ``config.selection`` is ``'best_val'``, which needs it.
   """
 
   name: str
@@ -89,6 +104,19 @@ class Stage:
   eval_fn: steps_lib.EvalFn | None = None
   eval_data: Callable[[int], Iterable[Any]] | None = None
   eval_every: int = 0
+  select: dict[str, str] | None = None
+  val_data: Callable[[int], Iterable[Any]] | None = None
+
+
+@dataclasses.dataclass
+class Selected:
+  """The weights model selection picked: from ``step``, where ``metric`` was ``value``."""
+
+  step: int
+  params: Any
+  model_state: Any
+  metric: str | None = None
+  value: float | None = None
 
 
 @dataclasses.dataclass
@@ -100,11 +128,28 @@ class StageResult:
     metrics: the final evaluation (``{}`` without one).
     history: every evaluation of the stage as ``(step, metrics)``, in step order; kept in the
       checkpoints, so a resumed or restored stage has all of it.
+    selection: the run's ``config.selection``.
+    kept: per part of :attr:`Stage.select`, the weights that selection picked (empty for
+      ``'last'``).
   """
 
   state: steps_lib.TrainState
   metrics: dict[str, float]
   history: list[tuple[int, dict[str, float]]] = dataclasses.field(default_factory=list)
+  selection: str = "last"
+  kept: dict[str, Selected] = dataclasses.field(default_factory=dict)
+
+  def pick(self, part: str = "") -> Selected:
+    """The weights handed on for ``part``: the kept best ones, or the final state."""
+    if part in self.kept:
+      return self.kept[part]
+    return Selected(int(jax.device_get(self.state.step)), self.state.params,
+                    self.state.model_state)
+
+  def describe(self) -> dict[str, Any]:
+    """What was picked, for results: ``{'selection', 'steps': {part: step}}``."""
+    return {"selection": self.selection,
+            "steps": {part: k.step for part, k in sorted(self.kept.items())}}
 
   def best(self, key: str = "top1") -> tuple[int, float] | None:
     """``(step, value)`` of the evaluation with the highest ``key`` (the earliest on ties)."""
@@ -150,6 +195,10 @@ class Runner:
     self.workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
     compilation.configure(config.get("train", {}))
     self.mesh = mesh_lib.make_mesh(config.get("mesh", {}).get("num_devices", -1))
+    self.selection = str(config.get("selection", "last"))
+    if self.selection not in SELECTIONS:
+      raise UserError(f"config.selection must be one of {', '.join(SELECTIONS)}, got "
+                      f"{self.selection!r}")
     self.writer = metrics_lib.MetricWriter(self.workdir)
     self.results: dict[str, dict[str, float]] = {}
     self._predict_fns: dict[Callable[..., Any], Callable[..., Any]] = {}
@@ -170,29 +219,77 @@ class Runner:
     ckpt = checkpoint_lib.Checkpointer(
         self.workdir / "checkpoints" / stage.name, max_to_keep=cfg.max_to_keep,
         save_every=cfg.checkpoint_every)
+    kept = self._kept(stage)
     try:
-      return self._run(stage, steps, frozen, ckpt, per_host)
+      return self._run(stage, steps, frozen, ckpt, kept, per_host)
     finally:
       ckpt.close()
+      for _, k in kept.values():
+        k.close()
       self.writer.flush()
 
-  def _run(self, stage, steps, frozen, ckpt, per_host) -> StageResult:
+  def _kept(self, stage: Stage) -> dict[str, tuple[str, checkpoint_lib.Kept]]:
+    """``{part: (metric key, its Kept)}`` of the stage under the run's selection."""
+    if self.selection == "last" or stage.eval_fn is None or stage.eval_data is None:
+      return {}
+    if self.selection == "best_val" and stage.val_data is None:
+      raise UserError(f"config.selection='best_val' needs held-out training data, which stage "
+                      f"{stage.name} does not have; set the method's held-out fraction (see the "
+                      "config docstring) or choose selection 'best_test' or 'last'")
+    prefix = "val/" if self.selection == "best_val" else ""
+    out = {}
+    for part, key in (stage.select or {"": "top1"}).items():
+      name = stage.name + "-best" + (f"-{part}".replace("/", "_") if part else "")
+      out[part] = (prefix + key, checkpoint_lib.Kept(self.workdir / "checkpoints" / name))
+    return out
+
+  def _keep(self, stage: Stage, kept, history, step: int, state, metrics) -> None:
+    """Saves, per part, the weights of an evaluation that beats every earlier one."""
+    for part, (key, k) in kept.items():
+      if key not in metrics:
+        raise UserError(f"stage {stage.name} selects part {part!r} by {key!r}, which its "
+                        f"evaluation does not report (it has {', '.join(sorted(metrics))})")
+      earlier = [m[key] for _, m in history if key in m]
+      if not earlier or metrics[key] > max(earlier):
+        k.save(step, {"params": state.params, "model_state": state.model_state},
+               {"stage": stage.name, "part": part, "metric": key, "value": metrics[key]})
+
+  def _picked(self, stage: Stage, kept, history, steps) -> dict[str, Selected]:
+    abstract = {"params": steps.abstract_state.params,
+                "model_state": steps.abstract_state.model_state}
+    out = {}
+    for part, (key, k) in kept.items():
+      best = StageResult(None, {}, history).best(key)
+      if best is None:
+        continue
+      weights = k.restore(best[0], abstract)
+      out[part] = Selected(best[0], weights["params"], weights["model_state"], key, best[1])
+      logging.info("Stage %s: selection %s keeps step %d%s (%s %.4f).", stage.name,
+                   self.selection, best[0], f" for {part}" if part else "", key, best[1])
+    return out
+
+  def _run(self, stage, steps, frozen, ckpt, kept, per_host) -> StageResult:
     cfg = self.config.train
     data = stage.train_data(per_host)
     latest = ckpt.latest_step()
     if latest is not None:
       state, meta = ckpt.restore(latest, steps.abstract_state, data)
       history = [(int(step), m) for step, m in meta.get("evals", [])]
+      for _, k in kept.values():
+        k.drop_after(latest)
       if latest >= stage.num_steps:
         logging.info("Stage %s finished earlier (step %d); restored its final state.",
                      stage.name, latest)
         metrics = meta.get("eval", {})
         self.results[stage.name] = metrics
-        return StageResult(state, metrics, history)
+        return StageResult(state, metrics, history, self.selection,
+                           self._picked(stage, kept, history, steps))
       logging.info("Stage %s resumes from step %d of %d.", stage.name, latest, stage.num_steps)
       self.writer.drop_after(stage.name, latest)
     else:
       history = []
+      for _, k in kept.values():
+        k.drop_after(0)
       state = steps.init(jax.random.key(self.config.seed))
       if jax.process_index() == 0:
         logging.info("Stage %s: %d trainable parameters, %d steps of %d clips.", stage.name,
@@ -227,6 +324,7 @@ class Runner:
         if final or (stage.eval_every and step % stage.eval_every == 0):
           eval_metrics = self._evaluate(stage, steps, state, frozen, per_host, step)
           if eval_metrics:
+            self._keep(stage, kept, history, step, state, eval_metrics)
             history.append((step, eval_metrics))
         preempt = stop.received or ckpt.reached_preemption(step)
         meta = {"stage": stage.name, "step": step, "eval": eval_metrics, "evals": history}
@@ -241,7 +339,8 @@ class Runner:
     if eval_metrics:
       logging.info("Stage %s: %s", stage.name,
                    ", ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
-    return StageResult(state, eval_metrics, history)
+    return StageResult(state, eval_metrics, history, self.selection,
+                       self._picked(stage, kept, history, steps))
 
   def _check_finite(self, stage: str, step: int, step_metrics: dict[str, jax.Array]) -> None:
     if float(jax.device_get(step_metrics["finite"])) > 0:
@@ -256,9 +355,14 @@ class Runner:
                 ) -> dict[str, float]:
     if stage.eval_fn is None or stage.eval_data is None:
       return {}
-    sums = [steps.eval(state, frozen, mesh_lib.host_to_global(b, self.mesh))
-            for b in stage.eval_data(per_host)]
-    metrics = evaluation.finalize(sums)
+    sources = [("", stage.eval_data)]
+    if self.selection == "best_val" and stage.val_data is not None:
+      sources.append(("val/", stage.val_data))
+    metrics = {}
+    for prefix, data in sources:
+      sums = [steps.eval(state, frozen, mesh_lib.host_to_global(b, self.mesh))
+              for b in data(per_host)]
+      metrics.update({prefix + k: v for k, v in evaluation.finalize(sums).items()})
     self.writer.write(stage.name + "/eval", step, metrics)
     return metrics
 
