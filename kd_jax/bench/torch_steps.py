@@ -352,11 +352,14 @@ def _pkd_ic(rt: _Runtime, name: str, batch: int, size: StepSize) -> Step:
   segments = size.frames
   x = rt.randn(batch * segments, 3, size.crop, size.crop, channels_last=True)
   config, cfg = _pkd_config(name)
+  from kd_jax.methods import pkd  # pylint: disable=g-import-not-at-top
   ic = config.ic
   # pkd.ic_stage: Adam, no weight decay; the fc bias trained or frozen as configured.
   opt = rt.optimizer(dict(name="adam", learning_rate=cfg.ic_lr, eps=ic.eps,
                           weight_decay=ic.weight_decay,
-                          lr_multipliers=((r"fc/bias$", 1.0 if ic.train_fc_bias else 0.0),)),
+                          lr_multipliers=((r"fc/bias$",
+                                           1.0 if pkd.fc_bias_trained(ic.train_fc_bias, "pkd")
+                                           else 0.0),)),
                      _flax_paths("", heads))
 
   def loss_fn(x: Tensor) -> Tensor:

@@ -21,6 +21,14 @@ from kd_jax.methods._pkd_networks import FROM_SHORT
 from kd_jax.methods._pkd_networks import NETWORKS
 
 SAMPLINGS = ("fused", "coviar")
+# Which IC stages train the IC classifiers' bias: the official CE script lists it in its optimiser,
+# the official PKD script leaves it out (it stays at its initial value).
+FC_BIAS = ("both", "ce_only", "none")
+
+
+def fc_bias_trained(train_fc_bias: str, kind: str) -> bool:
+  """Whether the IC stage ``kind`` ('ce' or 'pkd') trains the IC classifiers' bias."""
+  return train_fc_bias == "both" or (train_fc_bias == "ce_only" and kind == "ce")
 
 
 def parse_order(order: Any) -> tuple[str, ...]:
@@ -42,6 +50,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if len(b) != n_phases - 1 or any(not 0 < x < 1 for x in b) or list(b) != sorted(b):
     raise UserError(f"ic.boundaries must hold {n_phases - 1} increasing fractions in (0, 1) for "
                     f"schedule {ic.teacher_schedule!r}, got {tuple(ic.boundaries)}")
+  if ic.train_fc_bias not in FC_BIAS:
+    raise UserError(f"ic.train_fc_bias must be one of {', '.join(FC_BIAS)} (which IC stages "
+                    f"train the IC classifiers' bias), got {ic.train_fc_bias!r}")
   if ic.bn_mode not in ("eval", "train"):
     raise UserError(f"ic.bn_mode must be 'eval' or 'train' (emulate the official train-mode "
                     f"drift), got {ic.bn_mode!r}")
@@ -123,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
       teacher_schedule="progressive", boundaries=(50 / 300, 100 / 300),
       pkd_epochs=300, ce_epochs=150, pkd_decay_at=(150 / 300, 200 / 300, 250 / 300),
       ce_decay_at=(50 / 150, 100 / 150), batch_size=32, eps=1e-3, weight_decay=0.0,
-      bn_mode="eval", train_fc_bias=True, temperature=1.0, train_crop_size=256,
+      bn_mode="eval", train_fc_bias="both", temperature=1.0, train_crop_size=256,
       eval_every_epochs=1))
   config.logits = ml_collections.ConfigDict(dict(batch_size=32))
   config.wise = ml_collections.ConfigDict(dict(

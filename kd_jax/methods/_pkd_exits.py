@@ -61,10 +61,17 @@ def dump_logits(runner: train.Runner, config, data: Data, nets: dict[str, Networ
       bb = variables["backbones"][m]
       final, _ = net.backbone.apply(bb, batch[m], train=False)
       for kind, v in variables["ics"][m].items():
-        stats = v["model_state"]["backbone"] if emulate else bb["batch_stats"]
-        _, ic_logits, _, _ = _ic_forward(net, bb["params"], stats, v["params"],
-                                         v["model_state"]["ic"], batch[m],
-                                         train_ic=False, train_bb=False)
+        # With the train-mode BatchNorm quirk each IC brings the backbone statistics of its own
+        # selected step (model_state['backbone'][ic<k>]), so each needs its own backbone pass.
+        per_ic = sorted(v["model_state"]["backbone"]) if emulate else [None]
+        columns = []
+        for key in per_ic:
+          stats = v["model_state"]["backbone"][key] if emulate else bb["batch_stats"]
+          _, ic_logits, _, _ = _ic_forward(net, bb["params"], stats, v["params"],
+                                           v["model_state"]["ic"], batch[m],
+                                           train_ic=False, train_bb=False)
+          columns.append(ic_logits[:, int(key[2:]) - 1] if emulate else ic_logits)
+        ic_logits = jnp.stack(columns, axis=1) if emulate else columns[0]
         out[f"{m}/{kind}"] = jnp.concatenate([ic_logits, final[:, None]], axis=1)
     return out
 

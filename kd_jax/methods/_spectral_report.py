@@ -27,13 +27,13 @@ def ablation_rows(config: ml_collections.ConfigDict, teacher_metrics: Mapping[st
   ``delta`` is a student's top-1 minus the CE baseline's (``baseline``, an Entry or None);
   ``agreement`` the share of evaluation videos where it predicts the teacher's class.
   """
-  base_top1 = results[baseline].metrics.get("top1") if baseline else None
+  base_top1 = results[baseline].picked_metrics().get("top1") if baseline else None
   rows = [{"stage": "teacher", "objective": f"{config.teacher.model}, "
            + ("converted checkpoint" if config.teacher.checkpoint else "CE"),
            "top1": teacher_metrics.get("top1", float("nan")),
            "top5": teacher_metrics.get("top5", float("nan")), "delta": None, "agreement": None}]
   for e, r in results.items():
-    m = r.metrics
+    m = r.picked_metrics()  # the evaluation of the weights model selection hands on
     rows.append({"stage": e.stage_name, "objective": e.label, "top1": m.get("top1", float("nan")),
                  "top5": m.get("top5", float("nan")),
                  "delta": None if base_top1 is None or e is baseline else m["top1"] - base_top1,
@@ -130,6 +130,11 @@ def write(config: ml_collections.ConfigDict, workdir: epath.Path, description: s
       f"{config.data.num_segments} segments of {config.data.crop_size}x{config.data.crop_size}.",
       "",
       "## Ablation (evaluation split, one centre clip per video)",
+      "",
+      f"Model selection: `{config.selection}` ("
+      + {"last": "every stage's final weights", "best_test": "each stage's best evaluation on "
+         "this split, as the papers select", "best_val": "each stage's best evaluation on held-"
+         "out training videos"}[config.selection] + "); the numbers are those weights'.",
       "",
       table,
       "",

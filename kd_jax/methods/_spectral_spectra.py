@@ -59,7 +59,7 @@ def report_spectra(setup: Setup, teacher_vars, init_fn, results: Mapping[Entry, 
   clips = _report_clips(eval_batches, rep.num_clips)
   init_params, init_state = compilation.jit(init_fn, preset="fastest")(jax.random.key(config.seed))
   students = {"init": (init_params, init_state)}
-  students.update({e.stage_name: (r.state.params, r.state.model_state)
+  students.update({e.stage_name: (r.pick().params, r.pick().model_state)
                    for e, r in results.items()})
   return layer, spectra(setup, teacher_vars, students, layer, clips)
 
@@ -70,7 +70,7 @@ def learned_weights(config: ml_collections.ConfigDict, results: Mapping[Entry, A
   out = {}
   for e, r in results.items():
     if e.weighting == "uncertainty" and e.terms:
-      s = _host(r.state.params["log_vars"])
+      s = _host(r.pick().params["log_vars"])
       on = switches(e, config)["learned"]
       out[e.stage_name] = {t: float(np.exp(-s[i])) for i, t in enumerate(TERMS) if on[i]}
   return out

@@ -48,6 +48,7 @@ from kd_jax.methods import _common
 from kd_jax.methods import _pkd_report
 from kd_jax.methods._pkd_batches import Batches
 from kd_jax.methods._pkd_config import base_config  # noqa: F401  (re-exported)
+from kd_jax.methods._pkd_config import fc_bias_trained
 from kd_jax.methods._pkd_config import smoke_variant  # noqa: F401  (re-exported)
 from kd_jax.methods._pkd_config import validate
 from kd_jax.methods._pkd_curriculum import SCHEDULES
@@ -97,6 +98,13 @@ class Data:
     self.streams = streams.open_streams(dcfg, "compressed", num_segments=int(dcfg.eval_segments))
     opened = self.streams.opened
     self.sources = {"train": opened.train, "test": opened.eval}
+    if config.selection == "best_val":  # select on held-out training videos, never on test
+      from kd_jax.data import holdout  # pylint: disable=g-import-not-at-top
+      self.sources["train"], self.sources["val"] = holdout.split_holdout(
+          opened.train, float(dcfg.holdout))
+      self.streams = dataclasses.replace(
+          self.streams, opened=opened._replace(train=self.sources["train"]),
+          val=self.sources["val"])
     self.name = opened.name
     self.num_classes = len(opened.class_names)
     self._cache: dict[Any, dict[str, np.ndarray]] = {}
@@ -140,6 +148,14 @@ class Data:
       return train.train_batches(arrays, global_batch_size=global_batch,
                                  per_host_batch_size=per_host, seed=seed)
     return self.streams.train(per_host, seed=seed, spec=spec)
+
+  def val_batches(self, spec, *, global_batch: int
+                  ) -> Callable[[int], Iterable[dict[str, np.ndarray]]] | None:
+    """``Stage.val_data``: the held-out training videos (``config.selection='best_val'``)."""
+    if "val" not in self.sources:
+      return None
+    return lambda per_host: self.eval_batches("val", spec, global_batch=global_batch,
+                                              per_host=per_host)
 
   def eval_batches(self, split: str, spec, *, global_batch: int,
                    per_host: int) -> Iterable[dict[str, np.ndarray]]:
@@ -223,7 +239,9 @@ def backbone_stage(config, data: Data, group: Sequence[Network], inits: dict[str
       eval_fn=eval_fn,
       eval_data=lambda per_host: data.eval_batches("test", eval_spec, global_batch=batch,
                                                    per_host=per_host),
-      eval_every=every * spe if every > 0 else 0)
+      eval_every=every * spe if every > 0 else 0,
+      select={n.short: f"{n.short}/top1" for n in group},
+      val_data=data.val_batches(eval_spec, global_batch=batch))
 
 
 def ic_stage(config, data: Data, group: Sequence[Network], all_nets: dict[str, Network],
@@ -245,7 +263,7 @@ def ic_stage(config, data: Data, group: Sequence[Network], all_nets: dict[str, N
   opt = train.optimizer_config(
       name="adam", learning_rate=base, eps=float(ic.eps), weight_decay=float(ic.weight_decay),
       schedule="step", decay_at=tuple(ic.pkd_decay_at if kind == "pkd" else ic.ce_decay_at))
-  groups = ((r"fc/bias$", 1.0 if ic.train_fc_bias else 0.0), (".*", 1.0))
+  groups = ((r"fc/bias$", 1.0 if fc_bias_trained(ic.train_fc_bias, kind) else 0.0), (".*", 1.0))
   opt.lr_multipliers = _lr_multipliers(group, lambda n: float(n.cfg.ic_lr), lambda n: groups,
                                        base)
 
@@ -327,7 +345,25 @@ def ic_stage(config, data: Data, group: Sequence[Network], all_nets: dict[str, N
       eval_fn=eval_fn,
       eval_data=lambda per_host: data.eval_batches("test", eval_spec, global_batch=batch,
                                                    per_host=per_host),
-      eval_every=every * spe if every > 0 else 0)
+      eval_every=every * spe if every > 0 else 0,
+      select={f"{n.short}{i + 1}": f"{n.short}{i + 1}/top1" for n in group
+              for i in range(len(n.heads.configs))},
+      val_data=data.val_batches(eval_spec, global_batch=batch))
+
+
+def _picked_ics(res: train.StageResult, net: Network, kind: str,
+                selected: dict[str, int]) -> dict[str, Any]:
+  """The IC heads of ``net`` a stage hands on: each IC from its own selected step, as the
+  official code keeps one checkpoint per IC. With the train-mode BatchNorm quirk each IC also
+  keeps the backbone statistics of its step (``model_state['backbone']``, one per IC)."""
+  params, ic_stats, bb_stats = {}, {}, {}
+  for i in range(1, len(net.heads.configs) + 1):
+    picked = res.pick(f"{net.short}{i}")
+    selected[f"{kind}/{net.short}{i}"] = picked.step
+    params[f"ic{i}"] = picked.params[net.name][f"ic{i}"]
+    ic_stats[f"ic{i}"] = picked.model_state[net.name]["ic"][f"ic{i}"]
+    bb_stats[f"ic{i}"] = picked.model_state[net.name]["backbone"]
+  return {"params": params, "model_state": {"ic": ic_stats, "backbone": bb_stats}}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -360,6 +396,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
   # 1. Modality networks.
   t0 = time.monotonic()
   backbones, init_desc = {}, {}
+  selected: dict[str, int] = {}  # the step whose weights each network and IC hands on
   histories: dict[str, list[tuple[int, dict[str, float]]]] = {}  # every evaluation, by stage
   for g in groups:
     inits = {}
@@ -370,8 +407,10 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
     res = bb_runner.run(backbone_stage(config, data, g, inits, "backbone" + suffix(g)))
     histories["backbone" + suffix(g)] = res.history
     for net in g:
-      backbones[net.name] = {"params": res.state.params[net.name],
-                             "batch_stats": res.state.model_state[net.name]}
+      picked = res.pick(net.short)
+      selected[net.short] = picked.step
+      backbones[net.name] = {"params": picked.params[net.name],
+                             "batch_stats": picked.model_state[net.name]}
   backbones = jax.device_get(backbones)
   timing["backbones_s"] = time.monotonic() - t0
 
@@ -385,8 +424,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
                                 f"ic_{kind}" + suffix(g)))
       histories[f"ic_{kind}" + suffix(g)] = res.history
       for net in g:
-        ics[net.name][kind] = {"params": res.state.params[net.name],
-                               "model_state": res.state.model_state[net.name]}
+        ics[net.name][kind] = _picked_ics(res, net, kind, selected)
   ics = jax.device_get(ics)
   timing["ics_s"] = time.monotonic() - t0
 
@@ -430,6 +468,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
               int(config.ic.pkd_epochs),
               tuple(config.ic.boundaries)[:len(SCHEDULES[config.ic.teacher_schedule]) - 1])},
       "bn_mode": config.ic.bn_mode, "networks": networks, "ic": ic_table,
+      "selection": {"mode": config.selection, "steps": selected},
       "exit_gmacs_per_segment": {SHORT[m]: c for m, c in costs.items()},
       "input_size": crop, "wise": wise, "wise_ic_variant": config.wise.ic_variant,
       "timing": timing, "timing_first_run": first_timing,

@@ -423,12 +423,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     teacher_result = None
   else:
     teacher_result = runner.run(teacher_stage(setup, eval_batches))
-    teacher_vars = {"params": teacher_result.state.params, **teacher_result.state.model_state}
+    picked = teacher_result.pick()
+    teacher_vars = {"params": picked.params, **picked.model_state}
   timings["teacher"] = time.monotonic() - t0
   if teacher_result is None:  # a loaded teacher is evaluated once, for the table
     teacher_metrics = _evaluate_teacher(setup, teacher_vars, eval_batches, runner)
   else:
-    teacher_metrics = teacher_result.metrics
+    teacher_metrics = teacher_result.picked_metrics()
 
   # 2. The students.
   results, init_fn = {}, None
@@ -462,6 +463,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "data": data.description,
       "inferred": _spectral_report.inferred_choices(config),
       "seconds": timings,
+      "selection": {"mode": config.selection, "steps": {
+          name: r.pick().step for name, r in ([("teacher", teacher_result)] if teacher_result
+                                              else []) + [(e.stage_name, r)
+                                                          for e, r in results.items()]}},
   }
   results_json = runner.write_results(extra)
   _spectral_report.write(

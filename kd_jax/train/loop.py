@@ -146,6 +146,12 @@ class StageResult:
     return Selected(int(jax.device_get(self.state.step)), self.state.params,
                     self.state.model_state)
 
+  def picked_metrics(self, part: str = "") -> dict[str, float]:
+    """The evaluation of the weights handed on for ``part`` (the final one for 'last')."""
+    if part not in self.kept:
+      return self.metrics
+    return next(m for step, m in self.history if step == self.kept[part].step)
+
   def describe(self) -> dict[str, Any]:
     """What was picked, for results: ``{'selection', 'steps': {part: step}}``."""
     return {"selection": self.selection,
