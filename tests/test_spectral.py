@@ -402,14 +402,29 @@ def _run(*args, env_extra=None, timeout=900):
                         capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow  # two command-line runs: prepares the data, trains three stages, then restores
-def test_smoke_config_end_to_end_and_resume(tmp_path):
+@pytest.mark.slow  # two command-line runs: prepares the data, trains 2 x 3 stages, then restores
+def test_smoke_config_end_to_end_over_two_seeds_and_resume(tmp_path):
   args = ["--config", "configs/spectral_quickstart.py:smoke", "--workdir", str(tmp_path / "wd"),
-          f"--config.data.data_dir={tmp_path / 'tfds'}"]
+          f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.seeds=(0,1)"]
   proc = _run(*args)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  wd = tmp_path / "wd"
-  results = json.loads((wd / "results.json").read_text())
+  # Two real runs, each in its own sub-workdir, and their summary: mean ± std of every number.
+  summary = json.loads((tmp_path / "wd" / "results.json").read_text())
+  per_run = [json.loads((tmp_path / "wd" / f"seed{s}" / "results.json").read_text())
+             for s in (0, 1)]
+  assert [r["seed"] for r in summary["runs"]] == [0, 1]
+  for row_index, stage in enumerate(("teacher", "student_ce", "student_all")):
+    values = [r["ablation"][row_index]["top1"] for r in per_run]
+    entry = summary["summary"][f"{stage} top-1"]
+    assert entry["values"] == values
+    assert entry["mean"] == pytest.approx(np.mean(values))
+    assert entry["std"] == pytest.approx(np.std(values, ddof=1))
+  diffs = [r["ablation"][2]["top1"] - r["ablation"][1]["top1"] for r in per_run]
+  assert summary["effect"]["mean"] == pytest.approx(np.mean(diffs))
+  assert "2 runs (seeds [0, 1])" in (tmp_path / "wd" / "report.md").read_text()
+  assert "Distillation effect" in proc.stdout
+  wd = tmp_path / "wd" / "seed0"
+  results = per_run[0]
   assert set(results["stages"]) == {"teacher", "student_ce", "student_all"}
   for metrics in results["stages"].values():
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["num_examples"] == 8
@@ -426,7 +441,7 @@ def test_smoke_config_end_to_end_and_resume(tmp_path):
   # A rerun restores every finished stage instead of training again, and reports the same.
   proc = _run(*args)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stderr.count("finished earlier") == 3
+  assert proc.stderr.count("finished earlier") == 6
   again = json.loads((wd / "results.json").read_text())
   assert again["stages"] == results["stages"]
 

@@ -102,8 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   config = train.engine_config(log_every=50, checkpoint_every=1000, max_to_keep=2)
   config.method = "pkd"
   config.seed = 4711  # the official scripts' seed
-  config.seeds = ()  # several IC-training seeds (official: 4711, 1, 736): mean and std
-  config.splits = ()  # several splits of ucf101 / hmdb51 (1, 2, 3): mean and std
+  # config.seeds: IC-training seeds (official: 4711, 1, 736), sharing each split's backbones;
+  # config.splits: ucf101 / hmdb51 splits (1, 2, 3). Reported as mean ± std.
   config.joint_networks = False
 
   config.data = sources.data_config(

@@ -67,6 +67,7 @@ import numpy as np
 from kd_jax import losses
 from kd_jax import train
 from kd_jax.methods import _common
+from kd_jax.methods import _runs
 from kd_jax.methods import _spectral_report
 from kd_jax.methods._spectral_setup import EvalBatches
 from kd_jax.methods._spectral_setup import Setup
@@ -403,7 +404,28 @@ def _student_init_fn(setup: Setup, mutual_teacher: Mapping[str, Any] | None):
 # The run.
 
 
+# What several runs (config.seeds) summarise: every ablation row's top-1 / top-5, and the
+# distilled student against the CE baseline.
+EFFECT = ("distilled top-1", "baseline top-1")
+
+
+def summary_numbers(results: dict[str, Any]) -> dict[str, float]:
+  """The numbers of one run that :mod:`kd_jax.methods._runs` summarises over runs."""
+  out = {}
+  for row in results["ablation"]:
+    out[f"{row['stage']} top-1"], out[f"{row['stage']} top-5"] = row["top1"], row["top5"]
+  for role in ("baseline", "distilled"):
+    if results.get(f"{role}_stage"):
+      out[f"{role} top-1"] = out[f"{results[f'{role}_stage']} top-1"]
+  return out
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Every (split, seed) of ``config.seeds`` / ``config.splits`` (one run by default)."""
+  return _runs.run_all(config, workdir, run_one, summary_numbers, EFFECT, title="Spectral KD")
+
+
+def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the teacher and every ablation entry's student; writes results.json and report.md."""
   t_start = time.monotonic()
   _check_config(config)
@@ -463,6 +485,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "data": data.description,
       "inferred": _spectral_report.inferred_choices(config),
       "seconds": timings,
+      "baseline_stage": baseline.stage_name if baseline else None,
+      "distilled_stage": distilled.stage_name if distilled else None,
       "selection": {"mode": config.selection, "steps": {
           name: r.pick().step for name, r in ([("teacher", teacher_result)] if teacher_result
                                               else []) + [(e.stage_name, r)

@@ -25,7 +25,10 @@ def engine_config(**train_overrides) -> ml_collections.ConfigDict:
   mesh = ml_collections.ConfigDict(dict(num_devices=-1))
   # Which weights a stage hands on (kd_jax.train.loop): 'last', 'best_test' (the papers' protocol:
   # the best evaluation on the test split) or 'best_val' (best on held-out training videos).
-  return ml_collections.ConfigDict({"train": train, "mesh": mesh, "selection": "last"})
+  # Several runs of the experiment (kd_jax.methods._runs): each (split, seed) in its own
+  # sub-workdir, then mean ± std. Empty: one run with config.seed on the config's split.
+  return ml_collections.ConfigDict({"train": train, "mesh": mesh, "selection": "last",
+                                    "seeds": (), "splits": ()})
 
 
 def parse_arg(arg: str | None, *, allowed: Mapping[str, type] | Collection[str],
