@@ -37,11 +37,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-  """Mean and (population) standard deviation of the values that are not None."""
+  """Mean and sample standard deviation (n - 1; 0 for one value) of the values that are not None:
+  the spread between runs (seeds, splits) as papers report it."""
   vals = [float(v) for v in values if v is not None]
   if not vals:
     return None, None
-  return float(np.mean(vals)), float(np.std(vals))
+  return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
 
 
 def fmt_mean_std(values: Sequence[float | None], digits: int = 2, *, percent: bool = False,

@@ -1,5 +1,7 @@
 """Tests of the grain pipelines on a tiny prepared synthetic_actions dataset."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from kd_jax.data import builders
 from kd_jax.data import codec
 from kd_jax.data import pipeline
 from kd_jax.data import prepare
+from kd_jax.data import sampling
 from kd_jax.data import transforms
 
 NAME = "synthetic_actions/tiny"  # 4 classes; train 12, test 8 clips of 24 frames, 48x64
@@ -168,3 +171,122 @@ def test_flip_is_off_by_default_for_direction_sensitive_data(train_src):
   assert not pipeline.resolve_flip(SMALL, train_src)
   assert pipeline.resolve_flip(pipeline.make_spec("rgb_clip", flip=True), train_src)
   assert pipeline.resolve_flip(SMALL, list(range(3)))  # a source of unknown origin
+
+
+# -- CoViAR's loader switches: I-frame HLS jitter, draws with replacement ----------------------------
+
+
+def _coviar(**fields):
+  return pipeline.make_spec("compressed", sampling="coviar", modalities=["iframe"], **fields)
+
+
+def _eval_by_index(source, spec, batch_size=3, count=1):
+  out = {}
+  for p in range(count):
+    for b in pipeline.make_eval(source, spec, batch_size=batch_size, process_index=p,
+                                process_count=count):
+      for i, x, m in zip(b["index"], b["iframe"], b["mask"]):
+        if m:
+          out[int(i)] = x
+  return out
+
+
+def test_coviar_test_time_jitter_is_seeded_per_video(train_src):
+  source = [train_src[i] for i in range(4)]
+  spec = _coviar(num_segments=2, crop_size=32, resize_size=40, iframe_jitter="train_and_test")
+  got = _eval_by_index(source, spec)
+  assert sorted(got) == [0, 1, 2, 3]
+  for i in (0, 3):
+    video = codec.CompressedVideo(source[i]["video"])
+    idx = sampling.coviar_indices(video.num_frames, video.gop_starts, 2, modality="iframe",
+                                  train=False)
+    frames = np.stack([video.iframe(int(j)) for j in idx])
+    # Documented: segment s of record i gets (u * 2 - 1) * (36, 50, 50), u the uniforms of
+    # default_rng([0x4A17, test_jitter_seed, i]); the whole frame is jittered before the resize.
+    offsets = (np.random.default_rng([0x4A17, 0, i]).random((2, 3)) * 2 - 1) * (36, 50, 50)
+    jittered = transforms.hls_jitter(frames, offsets)
+    expected = transforms.normalize_rgb(transforms.center_crop(transforms.resize(jittered, 40), 32))
+    np.testing.assert_allclose(got[i], expected, atol=1e-6)
+    plain = transforms.normalize_rgb(transforms.center_crop(transforms.resize(frames, 40), 32))
+    assert np.abs(got[i] - plain).max() > 0.1
+  # The same offsets whatever the batch size or process count; another seed gives others.
+  again = _eval_by_index(source, spec, batch_size=1, count=2)
+  for i in got:
+    np.testing.assert_array_equal(again[i], got[i])
+  other = _eval_by_index(source, dataclasses.replace(spec, test_jitter_seed=1))
+  assert not np.array_equal(other[0], got[0])
+  # 'train' jitters in training only: its evaluation is the unjittered one.
+  off = _eval_by_index(source, dataclasses.replace(spec, iframe_jitter="off"))
+  train_only = _eval_by_index(source, dataclasses.replace(spec, iframe_jitter="train"))
+  for i in got:
+    np.testing.assert_array_equal(train_only[i], off[i])
+
+
+def test_only_coviars_loader_jitters(train_src):
+  source = [train_src[i] for i in range(4)]
+  make = lambda spec: _take(pipeline.make_train(source, spec, batch_size=2, seed=0,
+                                                process_index=0, process_count=1), 2)
+  off = make(_coviar(crop_size=32))
+  on = make(_coviar(crop_size=32, iframe_jitter="train"))
+  for a, b in zip(off, on):
+    np.testing.assert_array_equal(a["index"], b["index"])
+  assert any(not np.array_equal(a["iframe"], b["iframe"]) for a, b in zip(off, on))
+  # PKD's fused loader (dataset_fuse.py) has no colour jitter: the switch leaves it bit-identical.
+  fused = dict(sampling="fused", crop_size=32)
+  spec_off = pipeline.make_spec("compressed", **fused)
+  spec_on = pipeline.make_spec("compressed", iframe_jitter="train_and_test", **fused)
+  _assert_batches_equal(make(spec_off), make(spec_on))
+  _assert_batches_equal(_take(pipeline.make_eval(source, spec_off, batch_size=4), 1),
+                        _take(pipeline.make_eval(source, spec_on, batch_size=4), 1))
+
+
+def test_coviar_training_draws_videos_with_replacement(train_src):
+  spec = pipeline.make_spec("compressed", num_segments=1, crop_size=16, sampling="coviar",
+                            modalities=["mv"], train_order="with_replacement")
+  assert pipeline.train_order(spec) == "with_replacement"
+  make = lambda batch_size=4, **kw: pipeline.make_train(train_src, spec, batch_size=batch_size,
+                                                         seed=5, **kw)
+  it = iter(make(process_index=0, process_count=1))
+  batches = [next(it) for _ in range(6)]  # 24 draws: two epochs of len(source) = 12
+  got = np.concatenate([b["index"] for b in batches])
+  ref = np.concatenate([np.random.default_rng([5, e]).integers(0, 12, 12) for e in range(2)])
+  np.testing.assert_array_equal(got, ref)
+  assert len(set(got[:12].tolist())) < 12  # an epoch repeats videos (and misses others)
+  for b in batches:
+    assert [train_src[int(i)]["label"] for i in b["index"]] == b["label"].tolist()
+  # Restored mid-stream: the same batches, bit for bit.
+  it = iter(make(process_index=0, process_count=1))
+  for _ in range(2):
+    next(it)
+  restored = iter(make(process_index=0, process_count=1))
+  restored.set_state(it.get_state())
+  _assert_batches_equal([next(restored) for _ in range(3)], batches[2:5])
+  # Two processes take alternate positions of the same global stream.
+  halves = [np.concatenate([b["index"] for b in _take(make(batch_size=2, process_index=p,
+                                                          process_count=2), 3)])
+            for p in range(2)]
+  np.testing.assert_array_equal(halves[0], got[0:12:2])
+  np.testing.assert_array_equal(halves[1], got[1:12:2])
+  # The fused loader always permutes (dataset_fuse.py indexes its list, DataLoader shuffles).
+  fused = dataclasses.replace(spec, sampling="fused")
+  assert pipeline.train_order(fused) == "permutation"
+  first = _take(pipeline.make_train(train_src, fused, batch_size=4, seed=5, process_index=0,
+                                    process_count=1), 3)
+  assert sorted(np.concatenate([b["index"] for b in first]).tolist()) == list(range(12))
+
+
+def test_loader_options_of_a_config_block():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from kd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  block = ml_collections.ConfigDict(dict(iframe_color_jitter="train_and_test",
+                                         train_order="with_replacement"))
+  assert pipeline.loader_options(block) == {"iframe_jitter": "train_and_test",
+                                            "train_order": "with_replacement"}
+  assert pipeline.loader_options(ml_collections.ConfigDict()) == {
+      "iframe_jitter": "off", "train_order": "permutation"}  # blocks without the fields
+  for field, value in (("iframe_color_jitter", "test"), ("train_order", "shuffle")):
+    with pytest.raises(UserError, match=f"config.data.{field}") as e:
+      pipeline.loader_options(ml_collections.ConfigDict({field: value}))
+    assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match="iframe_jitter"):
+    pipeline.make_spec("compressed", iframe_jitter="always")

@@ -102,3 +102,79 @@ def test_dense_clip_offsets():
     np.testing.assert_array_equal(np.diff(idx), 1)
     starts.add(int(idx[0]))
   assert starts == set(range(7))
+
+
+# -- Video order in training ------------------------------------------------------------------------
+
+
+def test_train_order_permutation_epochs_are_seeded_permutations():
+  order = sampling.TrainOrder(10, 7, order="permutation", epoch_size=8)
+  for e in range(3):
+    got = [order[e * 8 + i] for i in range(8)]
+    # Reference: NumPy's permutation of the epoch's generator, cut to the epoch size.
+    assert got == np.random.default_rng([7, e]).permutation(10)[:8].tolist()
+    assert len(set(got)) == 8
+
+
+def test_train_order_with_replacement_draws_uniform_with_duplicates():
+  n, epochs = 10, 3000
+  order = sampling.TrainOrder(n, 11, order="with_replacement")
+  assert order.epoch_size == n  # CoViAR: len(list) draws an epoch
+  draws = np.array([order[p] for p in range(n * epochs)]).reshape(epochs, n)
+  np.testing.assert_array_equal(draws[2], np.random.default_rng([11, 2]).integers(0, n, n))
+  # Uniform: each index n * epochs / n = 3000 times; chi-square with 9 degrees of freedom has
+  # mean 9 and sd sqrt(18); 40 is far in its tail (p < 1e-5).
+  counts = np.bincount(draws.ravel(), minlength=n)
+  chi2 = ((counts - epochs) ** 2 / epochs).sum()
+  assert chi2 < 40
+  # Ten draws of ten are all distinct with probability 10! / 10^10 = 3.6e-4: nearly every epoch
+  # repeats a video. Distinct videos an epoch: n (1 - (1 - 1/n)^n) = 6.513 on average.
+  distinct = np.array([len(set(row)) for row in draws])
+  assert (distinct < n).mean() > 0.99
+  assert abs(distinct.mean() - n * (1 - (1 - 1 / n) ** n)) < 0.08  # standard error ~0.016
+
+
+def test_train_order_depends_on_the_position_only():
+  a = sampling.TrainOrder(7, 3, order="with_replacement")
+  seq = [a[p] for p in range(50)]
+  b = sampling.TrainOrder(7, 3, order="with_replacement")  # fresh: no state, any access order
+  assert [b[p] for p in reversed(range(50))][::-1] == seq
+  assert [sampling.TrainOrder(7, 4, order="with_replacement")[p] for p in range(50)] != seq
+  finite = sampling.TrainOrder(7, 3, order="with_replacement", num_epochs=2)
+  assert len(finite) == 14 and [finite[p] for p in range(14)] == seq[:14]
+  with pytest.raises(IndexError):
+    finite[14]  # pylint: disable=pointless-statement
+  with pytest.raises(ValueError, match="order"):
+    sampling.TrainOrder(7, 3, order="shuffle")
+  with pytest.raises(ValueError, match="epoch_size"):
+    sampling.TrainOrder(7, 3, epoch_size=8)
+
+
+def test_array_batches_with_replacement_resume_and_slice_bit_identically():
+  from kd_jax import train  # pylint: disable=g-import-not-at-top
+  arrays = {"x": np.arange(20)}
+  make = lambda **kw: train.train_batches(arrays, global_batch_size=8, seed=3,
+                                          order="with_replacement", **kw)
+  it = make(per_host_batch_size=8)
+  first = [next(it)["x"] for _ in range(3)]
+  # The stream is the documented draws: epoch e = default_rng([3, e]).integers(0, 20, 20).
+  ref = np.concatenate([np.random.default_rng([3, e]).integers(0, 20, 20) for e in range(2)])
+  np.testing.assert_array_equal(np.concatenate(first), ref[:24])
+  state = it.get_state()
+  later = [next(it)["x"] for _ in range(4)]
+  restored = make(per_host_batch_size=8)
+  restored.set_state(state)
+  for a, b in zip(later, [next(restored)["x"] for _ in range(4)]):
+    np.testing.assert_array_equal(a, b)
+  halves = [make(per_host_batch_size=4, process=(p, 2)) for p in range(2)]
+  for whole in first:
+    parts = [next(h)["x"] for h in halves]
+    np.testing.assert_array_equal(parts[0], whole[0::2])
+    np.testing.assert_array_equal(parts[1], whole[1::2])
+  # The default order is unchanged: per epoch a permutation cut to whole batches (20 // 8 * 8).
+  perm = train.train_batches(arrays, global_batch_size=8, per_host_batch_size=8, seed=3)
+  got = np.concatenate([next(perm)["x"] for _ in range(4)])
+  ref = np.concatenate([np.random.default_rng([3, e]).permutation(20)[:16] for e in range(2)])
+  np.testing.assert_array_equal(got, ref)
+  with pytest.raises(ValueError, match="order"):
+    train.train_batches(arrays, global_batch_size=8, per_host_batch_size=8, seed=3, order="x")

@@ -41,3 +41,29 @@ def test_a_dataset_that_is_not_there_is_one_line(tmp_path):
   assert "\n" not in str(e.value)
   with pytest.raises(UserError, match="flip"):
     streams.open_streams(_dcfg(tmp_path, flip="sometimes"), "rgb_clip")
+
+
+def test_loader_switches_reach_the_clip_spec(tmp_path):
+  data = streams.open_streams(_dcfg(tmp_path, iframe_color_jitter="train_and_test",
+                                    train_order="with_replacement"), "compressed", sampling="coviar")
+  assert data.spec.iframe_jitter == "train_and_test" and data.spec.train_order == "with_replacement"
+  base = sources.data_config()
+  assert (base.iframe_color_jitter, base.train_order) == ("off", "permutation")  # today's behaviour
+  # A bad value is one line, before any dataset is opened (ucf101 is not prepared here).
+  dcfg = sources.data_config(name="ucf101", config="split1", data_dir=str(tmp_path),
+                             train_order="random")
+  with pytest.raises(UserError, match="config.data.train_order"):
+    streams.open_streams(dcfg, "compressed")
+
+
+def test_the_paper_configs_use_the_official_loader_switches():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(__file__).parents[1] / "configs" / "pkd_hmdb.py"
+  spec = importlib.util.spec_from_file_location("pkd_hmdb_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for arg in (None, "smoke"):
+    data = module.get_config(arg).data
+    # CoViAR's dataset.py: jitter at train and test time, random.choice(video_list).
+    assert (data.iframe_color_jitter, data.train_order) == ("train_and_test", "with_replacement")

@@ -130,3 +130,137 @@ def test_normalisation_hand_checked():
   expected = (np.array([0, 128, 255]) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
   np.testing.assert_allclose(transforms.normalize_rgb(rgb)[0], expected, atol=1e-6)
   assert transforms.normalize_iframe(rgb).dtype == np.float32
+
+
+# -- HLS colour jitter (CoViAR's color_aug) ---------------------------------------------------------
+
+try:
+  import cv2  # optional: not a dependency of kd_jax
+except ImportError:
+  cv2 = None
+
+needs_cv2 = pytest.mark.skipif(cv2 is None, reason="OpenCV (cv2) is not installed")
+
+
+def _px(*rgb):
+  return np.array([[rgb]], np.uint8)  # one pixel, [1, 1, 3]
+
+
+def test_rgb_to_hls_hand_checked():
+  # OpenCV 8-bit HLS: H = degrees / 2, L = 255 (max + min) / 2, S = 255 (max - min) / (max + min)
+  # (L < 0.5) or / (2 - max - min); rounded half to even (L = 127.5 -> 128).
+  cases = {(255, 0, 0): (0, 128, 255), (0, 255, 0): (60, 128, 255), (0, 0, 255): (120, 128, 255),
+           (255, 255, 255): (0, 255, 0), (0, 0, 0): (0, 0, 0), (100, 100, 100): (0, 100, 0),
+           # hue 60 * 50 / 100 = 30 deg -> 15; L = 50; S = 100 / 100 -> 255
+           (100, 50, 0): (15, 50, 255),
+           # hue 360 - 60 * 128 / 255 = 329.88 deg -> 164.94 -> 165
+           (255, 0, 128): (165, 128, 255)}
+  for rgb, hls in cases.items():
+    np.testing.assert_array_equal(transforms.rgb_to_hls(_px(*rgb))[0, 0], hls, err_msg=str(rgb))
+
+
+def test_hls_to_rgb_hand_checked():
+  # L = 108 / 255, S = 1: p2 = 2 L = 0.84706, p1 = 0; H = 10 (20 deg): sector 0, f = 1/3 ->
+  # r = p2 = 216 / 255, g = p2 / 3 = 72 / 255, b = 0.
+  np.testing.assert_array_equal(transforms.hls_to_rgb(_px(10, 108, 255))[0, 0], (216, 72, 0))
+  # L = 128 / 255 > 0.5: p2 = 1, p1 = 2 L - 1 = 1 / 255. H = 180 is H = 0 again (red).
+  np.testing.assert_array_equal(transforms.hls_to_rgb(_px(0, 128, 255))[0, 0], (255, 1, 1))
+  np.testing.assert_array_equal(transforms.hls_to_rgb(_px(180, 128, 255))[0, 0], (255, 1, 1))
+  np.testing.assert_array_equal(transforms.hls_to_rgb(_px(77, 100, 0))[0, 0], (100, 100, 100))
+
+
+def test_hls_conversions_match_colorsys():
+  import colorsys  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (3000, 3), dtype=np.uint8)
+  got = transforms.rgb_to_hls(rgb).astype(np.int64)
+  ref = np.array([colorsys.rgb_to_hls(*(c / 255.0)) for c in rgb]) * (180, 255, 255)
+  d = got - ref
+  d[:, 0] = (d[:, 0] + 90) % 180 - 90  # hue is circular: 179.6 rounds to 180 == 0
+  assert np.abs(d).max() <= 0.5 + 1e-6  # rounding only (float32 here, float64 there)
+  hls = np.stack([rng.integers(0, 180, 3000), rng.integers(0, 256, 3000),
+                  rng.integers(0, 256, 3000)], -1).astype(np.uint8)
+  got = transforms.hls_to_rgb(hls).astype(np.float64)
+  ref = np.array([colorsys.hls_to_rgb(h / 180, l / 255, s / 255) for h, l, s in hls]) * 255
+  assert np.abs(got - ref).max() <= 0.5 + 1e-4
+
+
+@needs_cv2
+def test_hls_conversions_match_opencv():
+  rng = np.random.default_rng(1)
+  hls = np.stack([rng.integers(0, 256, 200_000), rng.integers(0, 256, 200_000),
+                  rng.integers(0, 256, 200_000)], -1).astype(np.uint8).reshape(400, 500, 3)
+  np.testing.assert_array_equal(transforms.hls_to_rgb(hls), cv2.cvtColor(hls, cv2.COLOR_HLS2RGB))
+  rgb = rng.integers(0, 256, (400, 500, 3), dtype=np.uint8)
+  d = np.abs(transforms.rgb_to_hls(rgb).astype(int) - cv2.cvtColor(rgb, cv2.COLOR_RGB2HLS))
+  # OpenCV >= 4 fuses a multiply-add in its SIMD hue: one level off for ~0.03% of colours.
+  assert d.max() <= 1 and (d.max(-1) > 0).mean() < 1e-3
+
+
+def test_hls_jitter_hand_checked():
+  red, magenta = _px(255, 0, 0), _px(255, 0, 128)  # HLS (0, 128, 255) and (165, 128, 255)
+  np.testing.assert_array_equal(transforms.hls_jitter(red, [10.0, -20.0, 0.0])[0, 0], (216, 72, 0))
+  # Hue saturates at 180 (red), it does not wrap: 165 + 30 -> 180, not 15 (orange).
+  np.testing.assert_array_equal(transforms.hls_jitter(magenta, [30.0, 0.0, 0.0])[0, 0], (255, 1, 1))
+  np.testing.assert_array_equal(transforms.hls_jitter(red, [-10.0, 0.0, 0.0])[0, 0], (255, 1, 1))
+  grey = _px(100, 100, 100)
+  # Back to uint8 by truncation: 100.9 -> 100, 99.5 -> 99 (rounding would give 101 and 100).
+  np.testing.assert_array_equal(transforms.hls_jitter(grey, [0.0, 0.9, 0.0])[0, 0], (100, 100, 100))
+  np.testing.assert_array_equal(transforms.hls_jitter(grey, [0.0, -0.5, 0.0])[0, 0], (99, 99, 99))
+  # L and S are clipped to [0, 255].
+  np.testing.assert_array_equal(transforms.hls_jitter(_px(250, 250, 250), [0, 50, 0])[0, 0], (255,) * 3)
+  np.testing.assert_array_equal(transforms.hls_jitter(_px(20, 20, 20), [0, -50, 0])[0, 0], (0, 0, 0))
+  # A grey gains saturation at its hue 0: S = 40 at L = 100 -> p2 = l (1 + s), p1 = 2 l - p2.
+  l, s = 100 / 255, 40 / 255
+  expected = np.rint(np.array([l * (1 + s), 2 * l - l * (1 + s), 2 * l - l * (1 + s)]) * 255)
+  np.testing.assert_array_equal(transforms.hls_jitter(grey, [0, 0, 40])[0, 0], expected)
+
+
+def test_hls_jitter_takes_one_offset_per_frame():
+  frames = np.stack([np.full((2, 3, 3), (255, 0, 0), np.uint8),
+                     np.full((2, 3, 3), (100, 100, 100), np.uint8)])
+  out = transforms.hls_jitter(frames, np.array([[10.0, -20.0, 0.0], [0.0, -0.5, 0.0]]))
+  assert out.shape == frames.shape and out.dtype == np.uint8
+  assert (out[0] == (216, 72, 0)).all() and (out[1] == (99, 99, 99)).all()
+  with pytest.raises(ValueError, match="offsets"):
+    transforms.hls_jitter(frames, np.zeros((3, 3)))
+  with pytest.raises(ValueError, match="uint8"):
+    transforms.hls_jitter(frames.astype(np.float32), np.zeros(3))
+
+
+@needs_cv2
+def test_hls_jitter_matches_coviar_color_aug_with_opencv():
+  def color_aug(bgr, offsets):  # CoViAR transforms.color_aug with given offsets, on BGR
+    img = cv2.cvtColor(bgr, cv2.COLOR_BGR2HLS).astype(float)
+    for c, top in enumerate((180, 255, 255)):
+      img[..., c] = np.minimum(img[..., c] + offsets[c], top)
+    img = np.maximum(img, 0)
+    return cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_HLS2BGR)
+
+  rng = np.random.default_rng(2)
+  diffs = []
+  for _ in range(10):
+    rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    off = rng.uniform(-1, 1, 3) * (36, 50, 50)
+    ref = color_aug(np.ascontiguousarray(rgb[..., ::-1]), off)[..., ::-1]
+    diffs.append(np.abs(transforms.hls_jitter(rgb, off).astype(int) - ref).max(-1))
+  d = np.stack(diffs)
+  # Exact but where OpenCV >= 4's fused multiply-add moves the hue by one level (see above).
+  assert (d > 0).mean() < 2e-3 and d.max() <= 9
+
+
+def test_sample_hls_offsets_uniform_within_the_coviar_bounds():
+  off = transforms.sample_hls_offsets(np.random.default_rng(3), 40_000)
+  bounds = np.array([36.0, 50.0, 50.0])
+  assert off.shape == (40_000, 3) and off.dtype == np.float64
+  assert (off >= -bounds).all() and (off < bounds).all()
+  # Uniform on [-b, b): mean 0 (standard error b / sqrt(3 n)), variance b^2 / 3, and the extremes
+  # near the bounds; the three channels independent.
+  se = bounds / np.sqrt(3 * 40_000)
+  assert (np.abs(off.mean(0)) < 4 * se).all()
+  np.testing.assert_allclose(off.var(0), bounds ** 2 / 3, rtol=0.03)
+  assert (off.min(0) < -0.99 * bounds).all() and (off.max(0) > 0.99 * bounds).all()
+  assert np.abs(np.corrcoef(off.T) - np.eye(3)).max() < 0.03
+  # CoViAR's (random() * 2 - 1) * bound on a seeded stream of uniforms.
+  np.testing.assert_allclose(transforms.sample_hls_offsets(np.random.default_rng(5), 2),
+                             (np.random.default_rng(5).random((2, 3)) * 2 - 1) * bounds)

@@ -11,13 +11,16 @@ Three representations (``kind``):
 Every batch also holds ``label`` (int32) and ``index`` (int32, the record index in the source); eval
 batches add ``mask`` (bool, False on padding). Arrays are float32 and normalised.
 
-Training (:func:`make_train`): seeded shuffle, repeat, random augmentation, then per-process slicing
+Training (:func:`make_train`): seeded shuffle (or, for CoViAR's loader, draws with replacement:
+``ClipSpec.train_order``), repeat, random augmentation, then per-process slicing
 ``[process_index::process_count]``, per-host batches, optional worker processes. Every element's
 randomness comes from the seed and its position in the global stream, so the global data order and
 augmentation do not depend on the number of processes or workers. Evaluation (:func:`make_eval`):
 deterministic, padded so that every process gets the same number of full batches, padding marked by
-``mask``. Both return a grain ``IterDataset``; ``iter(ds)`` has ``get_state()`` / ``set_state()``
-for checkpoints (restoring needs the same process count).
+``mask``; CoViAR's test-time I-frame jitter (``ClipSpec.iframe_jitter='train_and_test'``) is drawn
+per video from ``ClipSpec.test_jitter_seed`` and the record index, so it is reproducible too. Both
+return a grain ``IterDataset``; ``iter(ds)`` has ``get_state()`` / ``set_state()`` for checkpoints
+(restoring needs the same process count).
 
 The engine turns host batches into global ``jax.Array`` s (``kd_jax.train.mesh.host_to_global``).
 """
@@ -36,11 +39,15 @@ import numpy as np
 from kd_jax.data import codec
 from kd_jax.data import sampling as sampling_lib
 from kd_jax.data import transforms
+from kd_jax.errors import UserError
 
 Kind = Literal["compressed", "rgb_clip", "rgb_segments"]
 KINDS = ("compressed", "rgb_clip", "rgb_segments")
 # Datasets whose classes depend on left/right motion: a horizontal flip would change the label.
 DIRECTION_SENSITIVE = ("synthetic_actions", "something_something_v2", "jester")
+IFRAME_JITTERS = ("off", "train", "train_and_test")
+TRAIN_ORDERS = sampling_lib.TRAIN_ORDERS
+_TEST_JITTER_STREAM = 0x4A17  # keeps test-time jitter draws apart from any other seeded stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,18 @@ class ClipSpec:
     modalities: compressed only; which of ``iframe``, ``mv``, ``residual`` to produce.
     fix_crop: multi-scale crops at TSN's 13 fixed positions (GenKD, TSM) instead of anywhere
       (CoViAR).
+    iframe_jitter: CoViAR's loader only (compressed, ``sampling='coviar'``): HLS colour jitter of
+      each I-frame segment (:func:`transforms.hls_jitter`, offsets uniform in +-36 H, +-50 L,
+      +-50 S, independent per segment) in ``train`` only, in ``train_and_test`` (the official
+      ``dataset.py``, which jitters whatever ``is_train``) or ``off``. The fused loader
+      (``dataset_fuse.py``) and the RGB kinds never jitter. Test-time offsets of record ``i`` come
+      from ``default_rng([0x4A17, test_jitter_seed, i])``: the same in every run and for every
+      batch size, process count and worker count.
+    train_order: CoViAR's loader only: training videos as a seeded ``permutation`` an epoch, or
+      drawn ``with_replacement`` (the official ``dataset.py``: ``random.choice(video_list)``);
+      :class:`kd_jax.data.sampling.TrainOrder`. The fused loader (``dataset_fuse.py`` indexes its
+      list under ``DataLoader(shuffle=True)``) and the RGB kinds always permute.
+    test_jitter_seed: seeds the test-time jitter (see ``iframe_jitter``).
   """
 
   kind: Kind = "compressed"
@@ -75,6 +94,9 @@ class ClipSpec:
   sampling: Literal["fused", "coviar"] = "fused"
   modalities: tuple[str, ...] = sampling_lib.MODALITIES
   fix_crop: bool = False
+  iframe_jitter: Literal["off", "train", "train_and_test"] = "off"
+  train_order: Literal["permutation", "with_replacement"] = "permutation"
+  test_jitter_seed: int = 0
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -87,6 +109,44 @@ class ClipSpec:
                        f"got {self.modalities}")
     if min(self.num_segments, self.clip_len, self.stride, self.crop_size) < 1:
       raise ValueError("num_segments, clip_len, stride and crop_size must be >= 1")
+    if self.iframe_jitter not in IFRAME_JITTERS:
+      raise ValueError(f"iframe_jitter must be one of {IFRAME_JITTERS}, got {self.iframe_jitter!r}")
+    if self.train_order not in TRAIN_ORDERS:
+      raise ValueError(f"train_order must be one of {TRAIN_ORDERS}, got {self.train_order!r}")
+
+
+def _coviar_loader(spec: ClipSpec) -> bool:
+  return spec.kind == "compressed" and spec.sampling == "coviar"
+
+
+def jitters_iframes(spec: ClipSpec, train: bool) -> bool:
+  """Whether ``spec``'s I-frames get CoViAR's HLS jitter in training (``train``) or at test time."""
+  wanted = spec.iframe_jitter == "train_and_test" or (train and spec.iframe_jitter == "train")
+  return wanted and _coviar_loader(spec) and "iframe" in spec.modalities
+
+
+def train_order(spec: ClipSpec) -> str:
+  """The order in which ``spec``'s training stream visits the videos (``ClipSpec.train_order``
+  for CoViAR's loader, ``permutation`` for every other)."""
+  return spec.train_order if _coviar_loader(spec) else "permutation"
+
+
+def loader_options(dcfg: Any) -> dict[str, str]:
+  """The ClipSpec fields of a ``config.data`` block's loader switches (``iframe_color_jitter``,
+  ``train_order``; defaults off / permutation where a block lacks them), checked.
+
+  Raises:
+    UserError: a value that is not one of the choices, in one line.
+  """
+  jitter = str(dcfg.get("iframe_color_jitter", "off"))
+  order = str(dcfg.get("train_order", "permutation"))
+  if jitter not in IFRAME_JITTERS:
+    raise UserError(f"config.data.iframe_color_jitter must be one of {', '.join(IFRAME_JITTERS)}, "
+                    f"got {jitter!r}")
+  if order not in TRAIN_ORDERS:
+    raise UserError(f"config.data.train_order must be one of {', '.join(TRAIN_ORDERS)}, "
+                    f"got {order!r}")
+  return {"iframe_jitter": jitter, "train_order": order}
 
 
 def make_spec(kind: Kind, **overrides: Any) -> ClipSpec:
@@ -123,7 +183,8 @@ def _geometry(x: np.ndarray, spec: ClipSpec, train: bool, rng: np.random.Generat
 
 
 def _compressed(video: codec.CompressedVideo, spec: ClipSpec, train: bool,
-                rng: np.random.Generator | None, flip: bool) -> dict[str, np.ndarray]:
+                rng: np.random.Generator | None, flip: bool,
+                jitter_rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
   n, gops, s = video.num_frames, video.gop_starts, spec.num_segments
   want = set(spec.modalities)
   if spec.sampling == "fused":
@@ -145,7 +206,10 @@ def _compressed(video: codec.CompressedVideo, spec: ClipSpec, train: bool,
   out = {}
   # Each modality gets its own crop and flip, as CoViAR's and PKD's loaders.
   if "iframe" in want:
-    x = _geometry(raw["iframe"], spec, train, rng, transforms.IFRAME_SCALES, flip=flip)
+    frames = raw["iframe"]
+    if jitter_rng is not None:  # CoViAR jitters the whole decoded frame, before any crop
+      frames = transforms.hls_jitter(frames, transforms.sample_hls_offsets(jitter_rng, s))
+    x = _geometry(frames, spec, train, rng, transforms.IFRAME_SCALES, flip=flip)
     out["iframe"] = transforms.normalize_rgb(x)
   if "mv" in want:
     x = _geometry(raw["mv"], spec, train, rng, transforms.MV_RESIDUAL_SCALES, is_mv=True, flip=flip)
@@ -181,8 +245,14 @@ class DecodeVideo(grain.transforms.RandomMap):
   def decode(self, index: int, record: Mapping[str, Any],
              rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     video = codec.CompressedVideo(record["video"], name=_video_name(record, index))
-    fn = _compressed if self.spec.kind == "compressed" else _rgb
-    out = fn(video, self.spec, self.train, rng, self.flip)
+    if self.spec.kind == "compressed":
+      jitter_rng = None
+      if jitters_iframes(self.spec, self.train):
+        jitter_rng = rng if self.train else np.random.default_rng(
+            [_TEST_JITTER_STREAM, self.spec.test_jitter_seed, int(index)])
+      out = _compressed(video, self.spec, self.train, rng, self.flip, jitter_rng)
+    else:
+      out = _rgb(video, self.spec, self.train, rng, self.flip)
     out["label"] = np.int32(record["label"])
     out["index"] = np.int32(index)
     return out
@@ -264,7 +334,9 @@ def make_train(source, spec: ClipSpec, *, batch_size: int, seed: int, num_epochs
     spec: what to produce (:func:`make_spec`).
     batch_size: per-host batch size (global batch = batch_size x process_count).
     seed: the same on every process; it fixes the order and the augmentation.
-    num_epochs: None repeats forever.
+    num_epochs: None repeats forever. With ``train_order(spec) == 'with_replacement'`` an epoch is
+      ``len(source)`` independent uniform draws (CoViAR's ``random.choice``), indexed by position
+      (:class:`kd_jax.data.sampling.TrainOrder`), so restoring stays bit-identical.
     num_workers: grain worker processes (0: decode in this process).
     read_threads: threads per worker (or in this process) computing batches.
     prefetch: batches buffered per worker.
@@ -280,7 +352,12 @@ def make_train(source, spec: ClipSpec, *, batch_size: int, seed: int, num_epochs
   if len(source) == 0:
     raise ValueError("the data source is empty")
   decoder = DecodeVideo(spec, train=True, flip=resolve_flip(spec, source))
-  ds = _indexed(source).seed(seed).shuffle().repeat(num_epochs)
+  if train_order(spec) == "permutation":
+    ds = _indexed(source).seed(seed).shuffle().repeat(num_epochs)
+  else:
+    draws = sampling_lib.TrainOrder(len(source), seed, order=train_order(spec),
+                                    num_epochs=num_epochs)
+    ds = grain.MapDataset.source(draws).seed(seed).map(_Lookup(source))
   # Augment before slicing: an element's randomness then depends only on its global position.
   ds = ds.random_map(decoder)
   ds = ds[index::count]

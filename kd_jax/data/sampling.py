@@ -16,16 +16,20 @@ Rules (pkd_wise.md section 8.2, CoViAR ``dataset.py``; PKD ``dataset_fuse.py``; 
   uniform in ``1 .. min(11, len - 1)`` for training, ``min(5, len - 1)`` for testing.
 * Dense RGB clips (GenKD / I3D): ``clip_len`` consecutive frames from a random (train) or centred
   (test) offset; videos shorter than the clip are loop-padded (wrap around to frame 0).
+* Video order in training (:class:`TrainOrder`): a seeded permutation per epoch, or CoViAR's draws
+  with replacement (``random.choice(video_list)``, ``len(list)`` times per epoch).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import numpy as np
 
 Modality = Literal["iframe", "mv", "residual"]
 MODALITIES = ("iframe", "mv", "residual")
+TRAIN_ORDERS = ("permutation", "with_replacement")
 
 
 def _check_counts(num_frames: int, num_segments: int) -> None:
@@ -163,3 +167,66 @@ def dense_clip_indices(num_frames: int, clip_len: int = 64, *, train: bool,
   else:
     start = (num_frames - span) // 2
   return (start + stride * np.arange(clip_len, dtype=np.int64)) % num_frames
+
+
+class TrainOrder:
+  """The example index at each position of a training stream; a grain ``MapDataset`` source.
+
+  Epoch ``e`` is positions ``[e * epoch_size, (e + 1) * epoch_size)``, drawn from
+  ``numpy.random.default_rng([seed, e])``:
+
+  * ``permutation``: ``rng.permutation(n)[:epoch_size]``, every example at most once an epoch;
+  * ``with_replacement``: ``rng.integers(0, n, epoch_size)``, independent uniform draws (CoViAR's
+    ``dataset.py`` picks ``random.choice(video_list)`` for each of its ``len(list)`` items an
+    epoch, ignoring the index it is asked for): an epoch of ``n`` draws repeats some videos and
+    misses about ``(1 - 1/n)^n ~ 37%`` of them.
+
+  A position's index depends on ``(seed, position)`` only, so an iterator restored at a position
+  continues bit-identically and every process slice agrees with the global stream.
+
+  Args:
+    num_examples: n, the examples to draw from.
+    seed: fixes the order.
+    order: one of ``TRAIN_ORDERS``.
+    epoch_size: positions per epoch; default n (at most n for ``permutation``).
+    num_epochs: the stream's length in epochs; None: endless.
+  """
+
+  def __init__(self, num_examples: int, seed: int, *, order: str = "permutation",
+               epoch_size: int | None = None, num_epochs: int | None = None):
+    if order not in TRAIN_ORDERS:
+      raise ValueError(f"order must be one of {TRAIN_ORDERS}, got {order!r}")
+    if num_examples < 1:
+      raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    epoch_size = num_examples if epoch_size is None else int(epoch_size)
+    if epoch_size < 1 or (order == "permutation" and epoch_size > num_examples):
+      raise ValueError(f"epoch_size must be in [1, {num_examples}] for a {order}, got {epoch_size}")
+    if num_epochs is not None and num_epochs < 1:
+      raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
+    self.num_examples, self.seed, self.order = int(num_examples), int(seed), order
+    self.epoch_size, self.num_epochs = epoch_size, num_epochs
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize if self.num_epochs is None else self.epoch_size * self.num_epochs
+
+  def epoch(self, e: int) -> np.ndarray:
+    """The example indices of epoch ``e``, int64 ``[epoch_size]``."""
+    cached = self._cache.get(e)
+    if cached is None:
+      rng = np.random.default_rng([self.seed, e])
+      if self.order == "permutation":
+        cached = rng.permutation(self.num_examples)[:self.epoch_size]
+      else:
+        cached = rng.integers(0, self.num_examples, self.epoch_size)
+      if len(self._cache) >= 2:  # the epochs around a boundary: two suffice
+        self._cache.pop(next(iter(self._cache)), None)
+      self._cache[e] = cached
+    return cached
+
+  def __getitem__(self, position: int) -> int:
+    position = int(position)
+    if not 0 <= position < len(self):
+      raise IndexError(f"position {position} is outside the stream of {len(self)}")
+    e, pos = divmod(position, self.epoch_size)
+    return int(self.epoch(e)[pos])

@@ -85,6 +85,12 @@ def data_config(**fields: Any) -> ml_collections.ConfigDict:
       resize_size=256,       # eval: resize to this square, then centre-crop; 0 = crop as stored
       flip="auto",           # random horizontal flips in training: auto (off for
                              # direction-sensitive datasets), on or off
+      # Two switches of CoViAR's single-modality loader (compressed videos, sampling 'coviar';
+      # every other loader permutes and never jitters; kd_jax.data.pipeline.ClipSpec):
+      iframe_color_jitter="off",  # HLS jitter of I-frames: off, train, or train_and_test (the
+                                  # official dataset.py jitters at test time too)
+      train_order="permutation",  # training videos: permutation (each once an epoch) or
+                                  # with_replacement (official: random.choice(video_list))
       num_workers=0,         # grain worker processes; 0 = decode in the main process
       read_threads=2,        # threads per worker computing batches
   ))

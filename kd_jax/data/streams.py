@@ -95,13 +95,14 @@ def open_streams(dcfg: Any, kind: pipeline.Kind, *, sized: bool | None = None,
   """
   if sized is None:
     sized = dcfg.name == "synthetic_actions" and dcfg.config == "custom"
+  loader = pipeline.loader_options(dcfg)  # iframe_color_jitter, train_order (UserError if bad)
   try:
     opened = sources.open_data_config(dcfg, sized=sized)
     flip = sources.parse_flip(dcfg.flip)
   except DatasetError as e:
     raise UserError(str(e)) from None
   spec = pipeline.make_spec(kind, crop_size=dcfg.crop_size, resize_size=dcfg.resize_size or None,
-                            flip=flip, **spec_fields)
+                            flip=flip, **loader, **spec_fields)
   return Streams(opened, spec, num_workers=int(dcfg.num_workers),
                  read_threads=int(dcfg.get("read_threads", 1)),
                  cache_eval=bool(dcfg.get("cache_eval", False)))

@@ -12,6 +12,8 @@ uint8 first and resizes those; resizing the raw values instead only moves result
 * Train: :func:`multiscale_crop` (GroupMultiScaleCrop) then :func:`random_hflip`.
 * Test: :func:`resize` to 256 x 256 (aspect not kept), :func:`center_crop` to 224.
 * MV maps are resized per channel without rescaling the vector magnitudes; a flip negates x.
+* I-frames (CoViAR's single-modality loader only): :func:`hls_jitter` with offsets from
+  :func:`sample_hls_offsets`, on the full decoded frame, before any crop (CoViAR's ``color_aug``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # 0.225. kd_jax residuals are RGB; this order keeps the same divisor per colour.
 RESIDUAL_STD_RGB = IMAGENET_STD[::-1]
 MV_BOUND = 20.0  # CoViAR's clip_and_scale(mv, 20): +-20 px map to the ends of the uint8 range.
+
+# CoViAR's color_aug(random_h=36, random_l=50, random_s=50), in OpenCV's 8-bit HLS units.
+HLS_JITTER = (36.0, 50.0, 50.0)
 
 IFRAME_SCALES = (1.0, 0.875, 0.75, 0.66)
 MV_RESIDUAL_SCALES = (1.0, 0.875, 0.75)
@@ -207,3 +212,112 @@ def normalize_residual(res: np.ndarray, std: Sequence[float] = RESIDUAL_STD_RGB)
   """
   v = np.clip(np.asarray(res, np.float64) + 128, 0, 255) / 255.0 - 0.5
   return (v / np.asarray(std, np.float64)).astype(np.float32)
+
+
+# -- Colour -------------------------------------------------------------------------------------
+
+_F32 = np.float32
+
+
+def _check_rgb_uint8(x: np.ndarray, what: str) -> None:
+  if x.dtype != np.uint8 or x.ndim < 1 or x.shape[-1] != 3:
+    raise ValueError(f"{what} must be uint8 [..., 3], got {x.dtype} {x.shape}")
+
+
+def rgb_to_hls(x: np.ndarray) -> np.ndarray:
+  """uint8 RGB ``[..., 3]`` to uint8 HLS in OpenCV's 8-bit convention (``cv2.COLOR_RGB2HLS``).
+
+  H is the hue in degrees halved, in ``[0, 180)``; L and S are in ``[0, 255]``. OpenCV's algorithm
+  in float32: ``v = x / 255``, ``l = (max + min) / 2``, ``s = d / (max + min)`` for ``l < 0.5``
+  else ``d / (2 - max - min)`` with ``d = max - min``; ``h = 60 (g - b) / d`` (red largest),
+  ``60 (b - r) / d + 120`` (green), ``60 (r - g) / d + 240`` (blue), plus 360 if negative; H and
+  S are 0 for a grey (``d <= FLT_EPSILON``); outputs ``round(h / 2)``, ``round(255 l)``,
+  ``round(255 s)``. This is OpenCV's reference (scalar) form; the SIMD path of OpenCV >= 4 fuses
+  the hue's multiply-add and differs from it by one level in 5455 of the 2^24 colours (OpenCV 5.1,
+  checked on all of them). The official environment had OpenCV 3.4.1.
+  """
+  x = np.asarray(x)
+  _check_rgb_uint8(x, "rgb_to_hls input")
+  v = x.astype(_F32) * _F32(1.0 / 255.0)
+  r, g, b = v[..., 0], v[..., 1], v[..., 2]
+  vmax = np.maximum(np.maximum(r, g), b)
+  vmin = np.minimum(np.minimum(r, g), b)
+  d = vmax - vmin
+  l = (vmax + vmin) * _F32(0.5)
+  chroma = d > np.finfo(np.float32).eps
+  safe = np.where(chroma, d, _F32(1))  # greys: any non-zero divisor; masked below
+  s = np.where(l < _F32(0.5), d / np.where(chroma, vmax + vmin, _F32(1)),
+               d / np.where(chroma, _F32(2) - vmax - vmin, _F32(1)))
+  k = _F32(60) / safe
+  h = np.where(vmax == r, (g - b) * k,
+               np.where(vmax == g, (b - r) * k + _F32(120), (r - g) * k + _F32(240)))
+  h = np.where(h < 0, h + _F32(360), h)
+  hls = np.stack([np.where(chroma, h * _F32(0.5), _F32(0)), l * _F32(255),
+                  np.where(chroma, s, _F32(0)) * _F32(255)], axis=-1)
+  # saturate_cast<uchar>(float): round half to even, then clamp.
+  return np.clip(np.rint(hls), 0, 255).astype(np.uint8)
+
+
+# OpenCV's HLS2RGB sector table: which of (p2, p1, falling, rising) is (b, g, r) in each 60 deg.
+_SECTORS = np.array([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])
+
+
+def hls_to_rgb(x: np.ndarray) -> np.ndarray:
+  """uint8 HLS (OpenCV's 8-bit convention) to uint8 RGB, as ``cv2.COLOR_HLS2RGB``.
+
+  In float32: ``l = L / 255``, ``s = S / 255``; ``p2 = l (1 + s)`` for ``l <= 0.5`` else
+  ``l + s - l s``, ``p1 = 2 l - p2``; ``h = H / 30`` wrapped into ``[0, 6)`` (so ``H = 180`` is red
+  again), sector ``floor(h)``, fraction ``f``; the channels are ``p2``, ``p1``,
+  ``p1 + (p2 - p1)(1 - f)`` or ``p1 + (p2 - p1) f`` by sector; grey (``S = 0``) is ``l``; output
+  ``round(255 c)``. Equal to OpenCV 5.1 on every 8-bit HLS triple (checked on all of them).
+  """
+  x = np.asarray(x)
+  _check_rgb_uint8(x, "hls_to_rgb input")
+  h = x[..., 0].astype(_F32) * _F32(6.0 / 180.0)
+  l = x[..., 1].astype(_F32) * _F32(1.0 / 255.0)
+  s = x[..., 2].astype(_F32) * _F32(1.0 / 255.0)
+  p2 = np.where(l <= _F32(0.5), l * (_F32(1) + s), l + s - l * s)
+  p1 = _F32(2) * l - p2
+  h = np.where(h >= _F32(6), h - _F32(6), h)  # 8-bit H <= 255 is below 12: one wrap suffices
+  sector = np.floor(h).astype(np.int64)
+  f = h - sector.astype(_F32)
+  tab = np.stack([p2, p1, p1 + (p2 - p1) * (_F32(1) - f), p1 + (p2 - p1) * f], axis=-1)
+  bgr = np.take_along_axis(tab, _SECTORS[sector], axis=-1)
+  rgb = np.where((s == 0)[..., None], l[..., None], bgr[..., ::-1])
+  return np.clip(np.rint(rgb * _F32(255)), 0, 255).astype(np.uint8)
+
+
+def sample_hls_offsets(rng: np.random.Generator, num: int,
+                       bounds: Sequence[float] = HLS_JITTER) -> np.ndarray:
+  """``num`` independent (H, L, S) offsets, each uniform in ``[-bound, bound)``; float64 ``[num, 3]``.
+
+  CoViAR's ``color_aug`` draws ``(random.random() * 2 - 1) * bound`` per channel, once per call,
+  and calls it once per segment: every segment of a video gets its own offsets.
+  """
+  if num < 0:
+    raise ValueError(f"num must be >= 0, got {num}")
+  u = rng.random((num, 3))
+  return (u * 2.0 - 1.0) * np.asarray(bounds, np.float64)
+
+
+def hls_jitter(frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+  """CoViAR's I-frame colour jitter (``transforms.color_aug``) of uint8 RGB ``[..., H, W, 3]``.
+
+  ``offsets`` (H, L, S), float, of shape ``[3]`` (one for all frames) or ``frames.shape[:-3] +
+  (3,)`` (one per frame). In OpenCV's 8-bit HLS: ``H' = min(H + dh, 180)``, ``L' = min(L + dl,
+  255)``, ``S' = min(S + ds, 255)``, all ``max(., 0)``, truncated to uint8 (``astype``: toward
+  zero, no wrap), then back to RGB. Hue saturates rather than wraps (``H' = 180`` is red). CoViAR
+  jitters BGR frames with ``COLOR_BGR2HLS``; the same on RGB frames with RGB2HLS is identical.
+  """
+  frames = np.asarray(frames)
+  _check_frames(frames)
+  _check_rgb_uint8(frames, "hls_jitter frames")
+  offsets = np.asarray(offsets, np.float64)
+  lead = frames.shape[:-3]
+  if offsets.shape not in ((3,), lead + (3,)):
+    raise ValueError(f"offsets must have shape (3,) or {lead + (3,)}, got {offsets.shape}")
+  offsets = offsets.reshape(offsets.shape[:-1] + (1, 1, 3))
+  hls = rgb_to_hls(frames).astype(np.float64) + offsets
+  hls = np.minimum(hls, np.array([180.0, 255.0, 255.0]))
+  hls = np.maximum(hls, 0.0)
+  return hls_to_rgb(hls.astype(np.uint8))

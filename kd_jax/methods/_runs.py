@@ -21,6 +21,7 @@ from etils import epath
 import jax
 import ml_collections
 
+from kd_jax import report as R
 from kd_jax.errors import UserError
 
 SPLIT_DATASETS = ("ucf101", "hmdb51")
@@ -64,12 +65,6 @@ def run_config(config: ml_collections.ConfigDict, split: int | None,
   return sub
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-  mean = sum(values) / len(values)
-  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-  return mean, math.sqrt(var)
-
-
 def summarize(numbers: Sequence[Mapping[str, float]]) -> dict[str, dict[str, Any]]:
   """Per name: ``mean``, ``std`` (sample standard deviation, n - 1; 0 for one run), ``n`` and the
   per-run ``values``, over the runs that report it."""
@@ -77,7 +72,7 @@ def summarize(numbers: Sequence[Mapping[str, float]]) -> dict[str, dict[str, Any
   for name in dict.fromkeys(k for n in numbers for k in n):
     values = [float(n[name]) for n in numbers if name in n and n[name] is not None]
     if values:
-      mean, std = _mean_std(values)
+      mean, std = R.mean_std(values)
       out[name] = {"mean": mean, "std": std, "n": len(values), "values": values}
   return out
 
@@ -91,7 +86,7 @@ def effect(numbers: Sequence[Mapping[str, float]], distilled: str,
            if n.get(distilled) is not None and n.get(baseline) is not None]
   if not diffs:
     return None
-  mean, std = _mean_std(diffs)
+  mean, std = R.mean_std(diffs)
   stderr = std / math.sqrt(len(diffs)) if len(diffs) > 1 else None
   clear = None if stderr is None else bool(abs(mean) > 2 * stderr)
   return {"distilled": distilled, "baseline": baseline, "values": diffs, "mean": mean,

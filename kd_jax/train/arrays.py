@@ -1,7 +1,8 @@
 """In-memory datasets (generated data, decoded caches, tests) as grain datasets.
 
 Training: an endless stream of examples, epoch after epoch, each epoch a seeded permutation cut to
-whole global batches; every process takes the stream positions ``[process_index::process_count]``
+whole global batches (or CoViAR's draws with replacement, ``order='with_replacement'``;
+:class:`kd_jax.data.sampling.TrainOrder`); every process takes the stream positions ``[process_index::process_count]``
 and batches them, as the video pipelines do (:mod:`kd_jax.data.pipeline`), so a global batch is the
 same block of the stream whatever the number of processes. grain batches, slices per process and
 checkpoints the iterator. Evaluation: every example once, in order, padded to whole global
@@ -11,12 +12,12 @@ batches, ``mask`` 0 on padding.
 from __future__ import annotations
 
 from collections.abc import Mapping
-import functools
-import sys
 
 import grain
 import jax
 import numpy as np
+
+from kd_jax.data import sampling
 
 
 def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
@@ -26,26 +27,6 @@ def _num_examples(arrays: Mapping[str, np.ndarray]) -> int:
   return sizes.pop()
 
 
-class _ShuffledEpochs:
-  """Example index at each position of the endless training stream (a grain source)."""
-
-  def __init__(self, num_examples: int, global_batch_size: int, seed: int):
-    self._n, self._seed = num_examples, seed
-    # The remainder of each epoch is dropped: every batch is full.
-    self._per_epoch = (num_examples // global_batch_size) * global_batch_size
-
-  def __len__(self) -> int:
-    return sys.maxsize
-
-  @functools.lru_cache(maxsize=2)
-  def _order(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self._seed, epoch]).permutation(self._n)
-
-  def __getitem__(self, position: int) -> int:
-    epoch, pos = divmod(position, self._per_epoch)
-    return int(self._order(epoch)[pos])
-
-
 def _process_slice(ds: grain.MapDataset, per_host_batch_size: int,
                    process: tuple[int, int] | None) -> grain.MapDataset:
   index, count = process or (jax.process_index(), jax.process_count())
@@ -53,17 +34,24 @@ def _process_slice(ds: grain.MapDataset, per_host_batch_size: int,
 
 
 def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
-                  per_host_batch_size: int, seed: int,
-                  process: tuple[int, int] | None = None) -> grain.DatasetIterator:
+                  per_host_batch_size: int, seed: int, process: tuple[int, int] | None = None,
+                  order: str = "permutation") -> grain.DatasetIterator:
   """Endless shuffled training batches (this process's share); a checkpointable grain iterator.
 
-  ``process``: ``(process_index, process_count)``, default this process's.
+  ``process``: ``(process_index, process_count)``, default this process's. ``order``:
+  ``permutation`` (each epoch a seeded permutation cut to whole global batches) or
+  ``with_replacement`` (independent uniform draws, ``n`` an epoch, as CoViAR's ``dataset.py``);
+  :class:`kd_jax.data.sampling.TrainOrder`.
   """
   arrays = dict(arrays)
   n = _num_examples(arrays)
   if global_batch_size > n:
     raise ValueError(f"batch size {global_batch_size} exceeds the {n} examples")
-  ds = grain.MapDataset.source(_ShuffledEpochs(n, global_batch_size, seed))
+  if order not in sampling.TRAIN_ORDERS:
+    raise ValueError(f"order must be one of {sampling.TRAIN_ORDERS}, got {order!r}")
+  # A permutation drops each epoch's remainder, so every batch is full; draws need no cut.
+  per_epoch = (n // global_batch_size) * global_batch_size if order == "permutation" else n
+  ds = grain.MapDataset.source(sampling.TrainOrder(n, seed, order=order, epoch_size=per_epoch))
   ds = _process_slice(ds.map(lambda i: {k: v[i] for k, v in arrays.items()}),
                       per_host_batch_size, process)
   return iter(ds.to_iter_dataset())
