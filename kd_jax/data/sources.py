@@ -91,6 +91,8 @@ def data_config(**fields: Any) -> ml_collections.ConfigDict:
                                   # official dataset.py jitters at test time too)
       train_order="permutation",  # training videos: permutation (each once an epoch) or
                                   # with_replacement (official: random.choice(video_list))
+      holdout=0.1,           # share of training videos held out for config.selection='best_val'
+                             # (the same videos for every seed; kd_jax.data.holdout)
       num_workers=0,         # grain worker processes; 0 = decode in the main process
       read_threads=2,        # threads per worker computing batches
   ))

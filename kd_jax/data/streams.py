@@ -36,6 +36,7 @@ class Streams:
     spec: the default clip spec of :meth:`train` and :meth:`eval`.
     num_workers, read_threads: grain workers and threads per worker.
     cache_eval: decode the evaluation set once and keep it in memory (small eval sets).
+    val: training videos held out from ``opened.train`` for model selection, or None.
   """
 
   opened: sources.Splits
@@ -43,6 +44,7 @@ class Streams:
   num_workers: int = 0
   read_threads: int = 1
   cache_eval: bool = False
+  val: Any = None
   _cache: dict[Any, list[dict[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
 
   @property
@@ -62,9 +64,12 @@ class Streams:
   def eval(self, per_host: int, *, spec: pipeline.ClipSpec | None = None, split: str = "eval"
            ) -> Iterable[dict[str, np.ndarray]]:
     """Every video of the eval split (or, ``split='train'``, of the training split, e.g. for
-    logits) once, unaugmented, padded to whole batches (``mask``: 1.0 real, 0.0 padding)."""
+    logits; ``'val'``, the held-out training videos) once, unaugmented, padded to whole batches
+    (``mask``: 1.0 real, 0.0 padding)."""
     spec = spec or self.spec
-    source = {"eval": self.opened.eval, "train": self.opened.train}[split]
+    source = {"eval": self.opened.eval, "train": self.opened.train, "val": self.val}[split]
+    if source is None:
+      raise ValueError("no held-out videos: open the streams with holdout > 0")
 
     def make():
       ds = pipeline.make_eval(source, spec, batch_size=per_host, num_workers=self.num_workers,
@@ -80,7 +85,7 @@ class Streams:
 
 
 def open_streams(dcfg: Any, kind: pipeline.Kind, *, sized: bool | None = None,
-                 **spec_fields: Any) -> Streams:
+                 holdout: float = 0.0, **spec_fields: Any) -> Streams:
   """Opens the dataset of ``config.data`` (``dcfg``) with a ``kind`` clip spec.
 
   Args:
@@ -88,6 +93,8 @@ def open_streams(dcfg: Any, kind: pipeline.Kind, *, sized: bool | None = None,
     kind: ``compressed``, ``rgb_clip`` or ``rgb_segments``.
     sized: a ``synthetic_actions`` of the size in ``dcfg.synthetic``; None: when the config is
       ``custom``.
+    holdout: hold this share of the training videos out of training, as :attr:`Streams.val`
+      (:mod:`kd_jax.data.holdout`); 0 for none.
     **spec_fields: the method's own clip fields (``clip_len``, ``num_segments``, ...).
 
   Raises:
@@ -103,6 +110,11 @@ def open_streams(dcfg: Any, kind: pipeline.Kind, *, sized: bool | None = None,
     raise UserError(str(e)) from None
   spec = pipeline.make_spec(kind, crop_size=dcfg.crop_size, resize_size=dcfg.resize_size or None,
                             flip=flip, **loader, **spec_fields)
+  val = None
+  if holdout > 0:
+    from kd_jax.data import holdout as holdout_lib  # pylint: disable=g-import-not-at-top
+    train, val = holdout_lib.split_holdout(opened.train, holdout)
+    opened = opened._replace(train=train)
   return Streams(opened, spec, num_workers=int(dcfg.num_workers),
                  read_threads=int(dcfg.get("read_threads", 1)),
-                 cache_eval=bool(dcfg.get("cache_eval", False)))
+                 cache_eval=bool(dcfg.get("cache_eval", False)), val=val)
