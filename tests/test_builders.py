@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -178,11 +179,19 @@ def test_ucf101_missing_or_incomplete_manual_dir(tmp_path, ucf_dir, capsys):
   assert code == 1 and str(empty) in line and "UCF101.rar" in line
 
   os.remove(ucf_dir / "UCF-101" / "Archery" / "v_Archery_g03_c01.avi")
-  code, _, err = _prepare(capsys, "ucf101", "--manual_dir", str(ucf_dir), "--data_dir", data_dir)
+  # --strict: the old behaviour, one line, nothing written.
+  code, _, err = _prepare(capsys, "ucf101", "--manual_dir", str(ucf_dir), "--data_dir", data_dir,
+                          "--strict")
   line = _error_line(err)
   assert code == 1 and "1 of 9 videos" in line and "v_Archery_g03_c01.avi" in line
   assert "UCF101.rar" in line
-  assert not os.path.exists(os.path.join(data_dir, "ucf101", "split1", "1.0.0"))
+  assert not os.path.exists(data_dir)
+  # By default the missing video is skipped and listed, and the build finishes.
+  code, out, _ = _prepare(capsys, "ucf101", "--manual_dir", str(ucf_dir), "--data_dir", data_dir)
+  assert code == 0 and "train 4, test 3; skipped: 2" in out
+  assert "train: 4 videos; skipped 2 (1 missing, 1 no video stream)" in out
+  assert "v_Archery_g03_c01\tskipped\tmissing\tArchery/v_Archery_g03_c01.avi" in out
+  shutil.rmtree(data_dir)
 
   os.remove(ucf_dir / "ucfTrainTestlist" / "classInd.txt")
   code, _, err = _prepare(capsys, "ucf101", "--manual_dir", str(ucf_dir), "--data_dir", data_dir)
@@ -246,9 +255,15 @@ def test_hmdb51_missing_or_packed_manual_dir(tmp_path, hmdb_dir, capsys):
     os.remove(wave / name)
   (hmdb_dir / "hmdb51_org" / "wave.rar").write_bytes(b"Rar!")
   code, _, err = _prepare(capsys, "hmdb51/split2", "--manual_dir", str(hmdb_dir),
-                          "--data_dir", data_dir)
+                          "--data_dir", data_dir, "--strict")
   line = _error_line(err)
   assert code == 1 and "3 of 9 videos" in line and "wave.rar" in line and "extract" in line
+  # Without --strict: built from the other classes, the packed archive named in a note.
+  code, out, _ = _prepare(capsys, "hmdb51/split2", "--manual_dir", str(hmdb_dir),
+                          "--data_dir", data_dir)
+  assert code == 0 and "train 3, test 2; skipped: 4" in out, out
+  assert "train: 3 videos; skipped 3 (2 missing, 1 no video stream)" in out
+  assert "note: 3 listed videos are not under" in out and "wave.rar" in out
 
 
 # -- the GenKD paper configs on the prepared fakes -----------------------------------------------

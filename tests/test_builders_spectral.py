@@ -145,7 +145,7 @@ def test_ssv2_missing_or_bad_manual_dir(tmp_path, ssv2_dir, capsys):
   assert code == 1 and "nowhere" in line and "-labels.json" in line and "webm" in line
   os.remove(ssv2_dir / "20bn-something-something-v2" / "5.webm")
   code, _, err = _prepare(capsys, "something_something_v2", "--manual_dir", str(ssv2_dir),
-                          "--data_dir", data_dir)
+                          "--data_dir", data_dir, "--strict")
   assert code == 1 and "1 of 7 videos" in _error_line(err)
   (ssv2_dir / "labels" / "something-something-v2-labels.json").write_text(
       json.dumps({"Pushing something from left to right": "0"}))

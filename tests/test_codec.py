@@ -291,3 +291,61 @@ def test_concurrent_decoding_matches_sequential(pan_right):
     got = list(pool.map(video.frames, indices * 3))
   for a, b in zip(want * 3, got):
     np.testing.assert_array_equal(a, b)
+
+
+def _source_avi(path, *, audio: bool):
+  """An original video as cameras and datasets ship it: MPEG-4 in AVI, with B-frames and audio."""
+  with av.open(str(path), "w") as out:
+    stream = out.add_stream("mpeg4", rate=25)
+    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    stream.codec_context.max_b_frames = 2
+    sound = out.add_stream("mp2", rate=44100) if audio else None
+    for f in _pan(2, num_frames=12):
+      out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+      if sound is not None:
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 2 * 1152), np.int16), format="s16",
+                                             layout="stereo")
+        samples.sample_rate = 44100
+        out.mux(sound.encode(samples))
+    out.mux(stream.encode(None))
+    if sound is not None:
+      out.mux(sound.encode(None))
+
+
+def test_original_video_says_reencode_first(tmp_path):
+  # Issue 16: a source AVI with audio used to fail with "frame 0 is corrupt or truncated".
+  path = tmp_path / "v_Archery_g01_c01.avi"
+  _source_avi(path, audio=True)
+  for source in (path, path.read_bytes()):
+    with pytest.raises(codec.VideoDecodeError) as e:
+      codec.CompressedVideo(source, name="v_Archery_g01_c01.avi")
+    message = str(e.value)
+    assert message.startswith("v_Archery_g01_c01.avi: AVI container, not the raw MPEG-4 Part 2")
+    assert "codec.reencode first" in message and "frame 0" not in message
+  # What reencode makes of it is accepted, with every frame.
+  video = codec.CompressedVideo(codec.reencode(path, width=W, height=H))
+  assert video.num_frames == 12
+
+
+def test_raw_streams_reencode_does_not_write_are_refused(tmp_path):
+  # The elementary stream of an original (B-frames), without a container.
+  buf = io.BytesIO()
+  with av.open(buf, "w", format="m4v") as out:
+    stream = out.add_stream("mpeg4", rate=25)
+    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    stream.codec_context.max_b_frames = 2
+    for f in _pan(2, num_frames=12):
+      out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+    out.mux(stream.encode(None))
+  # The B-frames, read back by PyAV (independently of codec's bit parsing).
+  with av.open(io.BytesIO(buf.getvalue()), format="m4v") as c:
+    assert any(f.pict_type == av.video.frame.PictureType.B for f in c.decode(video=0))
+  with pytest.raises(codec.VideoDecodeError,
+                     match=r"b\.m4v: frame \d+ is a B-frame.*reencode first"):
+    codec.CompressedVideo(buf.getvalue(), name="b.m4v")
+  # An H.264 Annex B stream, and other containers.
+  with pytest.raises(codec.VideoDecodeError, match=r"starts with 00 00 00 01.*reencode first"):
+    codec.CompressedVideo(b"\x00\x00\x00\x01\x67" + bytes(200), name="h.264")
+  for head, kind in ((b"\x00\x00\x00\x20ftypisom", "MP4/MOV"), (b"\x1aE\xdf\xa3", "Matroska/WebM")):
+    with pytest.raises(codec.VideoDecodeError, match=f"x: {kind} container"):
+      codec.CompressedVideo(head + bytes(200), name="x")

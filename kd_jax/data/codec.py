@@ -43,7 +43,17 @@ _PictureType = av.video.frame.PictureType
 
 
 class VideoDecodeError(ValueError):
-  """A video could not be read: empty, truncated, corrupt, or not a video."""
+  """A video could not be read: empty, truncated, corrupt, or not a video.
+
+  Attributes:
+    reason: the short reason without the video's name or path (``empty file (0 bytes)``,
+      ``not a video container``, ``no decodable frames``, ``corrupt stream at frame N``, ...), as
+      ``prepare`` lists it; the message is ``'<name>: <reason>'`` unless the raiser words it so.
+  """
+
+  def __init__(self, message: str, *, reason: str | None = None):
+    super().__init__(message)
+    self.reason = reason if reason is not None else message
 
 
 class _NoFramesError(ValueError):
@@ -131,13 +141,184 @@ def encode_frames(frames: np.ndarray, *, gop_size: int = 12, qscale: int = 1,
                         qscale=qscale, keyframes=keyframes)
 
 
+# The first bytes of the containers a source video comes in: what a file that does not open was
+# meant to be (a damaged container, not a "not a video" file), and what a raw re-encoded stream
+# (CompressedVideo's input) must not be.
+_CONTAINER_MAGIC = (
+    (0, b"RIFF", "AVI"), (4, b"ftyp", "MP4/MOV"), (4, b"moov", "MP4/MOV"), (4, b"mdat", "MP4/MOV"),
+    (4, b"wide", "MP4/MOV"), (0, b"\x1aE\xdf\xa3", "Matroska/WebM"), (0, b"FLV", "FLV"),
+    (0, b"\x00\x00\x01\xba", "MPEG program stream"), (0, b"OggS", "Ogg"),
+    (0, b"0&\xb2u\x8ef\xcf\x11", "ASF/WMV"),
+)
+
+
+def container_kind(head: bytes) -> str | None:
+  """The container a file's first bytes announce (``'AVI'``, ``'MP4/MOV'``, ...), or None."""
+  for offset, magic, kind in _CONTAINER_MAGIC:
+    if head[offset:offset + len(magic)] == magic:
+      return kind
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Reencoded:
+  """A re-encoded video and how completely its source decoded (:func:`reencode_checked`).
+
+  Attributes:
+    data: the raw MPEG-4 Part 2 stream.
+    num_frames: frames decoded from the source (and encoded).
+    declared_frames: the frame count the source's container declares (its frame count, else its
+      duration times its frame rate); None when it declares neither.
+    problem: '' for a complete decode; else what is wrong, e.g. ``truncated (57 of 141 frames)``
+      or ``corrupt stream at frame 12 (38 of 40 frames decode)``: the video is usable but damaged.
+  """
+
+  data: bytes
+  num_frames: int
+  declared_frames: int | None
+  problem: str = ""
+
+
+class _Decoded:
+  """Counts what a decode of a source gives: frames, the first one the decoder flags corrupt."""
+
+  def __init__(self):
+    self.frames = 0
+    self.first_corrupt: int | None = None
+
+  def frames_of(self, container, stream) -> Iterable[av.VideoFrame]:
+    packets = container.demux(stream)
+    while True:
+      try:
+        packet = next(packets)
+        decoded = packet.decode()
+      except StopIteration:
+        return
+      except av.FFmpegError as e:
+        raise _CorruptAt(self.frames) from e
+      for frame in decoded:
+        if frame.is_corrupt and self.first_corrupt is None:
+          self.first_corrupt = self.frames
+        self.frames += 1
+        yield frame
+
+
+class _CorruptAt(Exception):
+  def __init__(self, frame: int):
+    super().__init__(frame)
+    self.frame = frame
+
+
+def _declared_frames(container, stream) -> tuple[int | None, str]:
+  """(frames the container declares, 'count' or 'duration'); (None, '') when it says nothing."""
+  if stream.frames and stream.frames > 0:
+    return int(stream.frames), "count"
+  rate = stream.average_rate or stream.guessed_rate
+  if not rate:
+    return None, ""
+  if stream.duration and stream.time_base:
+    seconds = float(stream.duration * stream.time_base)
+  elif container.duration:
+    seconds = container.duration / av.time_base
+  else:
+    return None, ""
+  frames = int(round(seconds * float(rate)))
+  return (frames, "duration") if frames > 0 else (None, "")
+
+
+def _partial_problem(decoded: _Decoded, declared: int | None, basis: str) -> str:
+  """'' if the decode is complete; else ``truncated (n of m frames)`` or ``corrupt stream ...``.
+
+  A count is exact, but an MP4's edit list may hide a frame or two of it from the decoder; a
+  duration times a frame rate is an estimate (rounding, audio that outlasts the video). Hence the
+  tolerances: 2 % (at least two frames) of a count, 5 % (at least two) of an estimate.
+  """
+  n = decoded.frames
+  short = False
+  if declared is not None:
+    tolerance = max(2, declared // 50) if basis == "count" else max(2, declared // 20)
+    short = n < declared - tolerance
+  corrupt = decoded.first_corrupt
+  # A cut file ends in one partly written frame: corruption in the last decoded frame is the cut.
+  if corrupt is not None and (not short or corrupt < n - 1):
+    detail = (f"{n} of {declared} frames decode" if declared is not None and n < declared
+              else "concealed by the decoder")
+    return f"corrupt stream at frame {corrupt} ({detail})"
+  if short:
+    return f"truncated ({n} of {declared} frames)"
+  return ""
+
+
+def reencode_checked(source: Source, *, width: int = 340, height: int = 256, gop_size: int = 12,
+                     qscale: int = 1, name: str | None = None) -> Reencoded:
+  """:func:`reencode`, also saying whether the source decoded completely.
+
+  The frames decoded are compared with what the container declares (frame count, else duration
+  x frame rate): a source that decodes clearly fewer is ``truncated (n of m frames)``; one whose
+  decoder flags corrupt frames (concealed errors) is ``corrupt stream at frame N (...)``. Both
+  are returned (``Reencoded.problem``), for the caller to keep or drop.
+
+  Raises:
+    VideoDecodeError: with ``reason`` one of ``empty file (0 bytes)``, ``not a video container``,
+      ``damaged <kind> container (cannot be opened)``, ``no video stream``, ``no decodable
+      frames``, ``corrupt stream at frame N`` (the decoder stopped there).
+  """
+  what = _describe(source, name)
+  _check_encoder_args(width, height, gop_size, qscale)
+
+  def fail(reason: str, cause: Exception | None = None) -> VideoDecodeError:
+    error = VideoDecodeError(f"{what}: {reason}", reason=reason)
+    error.__cause__ = cause
+    return error
+
+  if isinstance(source, (bytes, bytearray, memoryview)):
+    head = bytes(source[:16])
+    size = len(source)
+    source = io.BytesIO(bytes(source))
+  else:
+    try:
+      size = os.path.getsize(source)
+      with open(source, "rb") as f:
+        head = f.read(16)
+    except OSError as e:
+      raise fail(f"cannot read ({e.strerror or e})", e) from e
+  if size == 0:
+    raise fail("empty file (0 bytes)")
+  try:
+    container = av.open(source, mode="r")
+  except (av.FFmpegError, OSError) as e:  # FFmpeg's text ("Invalid data ...") says no more
+    kind = container_kind(head)
+    raise fail(f"damaged {kind} container (cannot be opened; truncated?)" if kind
+               else "not a video container", e) from e
+  decoded = _Decoded()
+  with container:
+    if not container.streams.video:
+      raise fail("no video stream")
+    stream = container.streams.video[0]
+    declared, basis = _declared_frames(container, stream)
+    try:
+      data = _encode_stream(decoded.frames_of(container, stream), width=width, height=height,
+                            gop_size=gop_size, qscale=qscale)
+    except _NoFramesError as e:
+      raise fail("no decodable frames", e) from e
+    except _CorruptAt as e:
+      if e.frame == 0:
+        raise fail("no decodable frames", e.__cause__) from e.__cause__
+      raise fail(f"corrupt stream at frame {e.frame}", e.__cause__) from e.__cause__
+    except (av.FFmpegError, OSError) as e:
+      raise fail(f"corrupt stream at frame {decoded.frames}", e) from e
+  return Reencoded(data=data, num_frames=decoded.frames, declared_frames=declared,
+                   problem=_partial_problem(decoded, declared, basis))
+
+
 def reencode(source: Source, *, width: int = 340, height: int = 256, gop_size: int = 12,
              qscale: int = 1, name: str | None = None) -> bytes:
   """Re-encodes any video PyAV can read like CoViAR's ``reencode.sh``.
 
   Equivalent to ``ffmpeg -i in -vf scale=W:H,setsar=1:1 -q:v 1 -c:v mpeg4 -g 12 -bf 0
   -sc_threshold 1e9 -f rawvideo out``: resized to exactly ``width x height`` (aspect ratio not
-  kept), fixed quantiser, strict GOPs.
+  kept), fixed quantiser, strict GOPs. A source that decodes only in part (truncated, concealed
+  corruption) gives what decodes; :func:`reencode_checked` says so.
 
   Args:
     source: a file path or the file's bytes.
@@ -146,25 +327,11 @@ def reencode(source: Source, *, width: int = 340, height: int = 256, gop_size: i
     name: how errors refer to the video (default: the path, or ``<bytes, N bytes>``).
 
   Raises:
-    VideoDecodeError: the source is empty, not a video, or cannot be decoded.
+    VideoDecodeError: the source is empty, not a video, or cannot be decoded (``reason`` says
+      which, as in :func:`reencode_checked`).
   """
-  what = _describe(source, name)
-  _check_encoder_args(width, height, gop_size, qscale)
-  if isinstance(source, (bytes, bytearray, memoryview)):
-    if len(source) == 0:
-      raise VideoDecodeError(f"{what}: empty input")
-    source = io.BytesIO(bytes(source))
-  try:
-    with av.open(source, mode="r") as container:
-      if not container.streams.video:
-        raise VideoDecodeError(f"{what}: no video stream")
-      stream = container.streams.video[0]
-      return _encode_stream(container.decode(stream), width=width, height=height,
-                            gop_size=gop_size, qscale=qscale)
-  except _NoFramesError as e:
-    raise VideoDecodeError(f"{what}: no decodable video frames") from e
-  except (av.FFmpegError, OSError) as e:
-    raise VideoDecodeError(f"{what}: cannot decode and re-encode ({e})") from e
+  return reencode_checked(source, width=width, height=height, gop_size=gop_size, qscale=qscale,
+                          name=name).data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,6 +422,38 @@ def _block_copies(mvs: np.ndarray, height: int, width: int) -> tuple[np.ndarray,
   return np.concatenate(dsts), np.concatenate(srcs)
 
 
+_REENCODE_FIRST = ("pass the original video through kd_jax.data.codec.reencode first (python -m "
+                   "kd_jax.data.prepare does it for datasets)")
+_VOP_START = b"\x00\x00\x01\xb6"
+_B_VOP = 2  # vop_coding_type: 0 I, 1 P, 2 B, 3 S (ISO/IEC 14496-2, 6.2.5)
+
+
+def _vop_type(packet: bytes) -> int | None:
+  """The coding type of the first VOP in a packet (the 2 bits after its start code), or None."""
+  k = packet.find(_VOP_START)
+  return packet[k + 4] >> 6 if 0 <= k < len(packet) - 4 else None
+
+
+def _check_raw_stream(head: bytes, name: str) -> None:
+  """Rejects what is not a raw MPEG-4 Part 2 stream, saying to re-encode it first.
+
+  FFmpeg's m4v demuxer finds MPEG-4 start codes anywhere, so an original AVI (MPEG-4 inside,
+  an audio track, B-frames) demuxes into packets that fail at frame 0 with nothing said about why.
+  A raw stream starts with a start code (00 00 01) of a visual object sequence (B0), a visual
+  object (B5), a video object (00-1F), a video object layer (20-2F) or a VOP (B6); an H.264
+  Annex B stream starts with 00 00 00 01 or a NAL unit.
+  """
+  kind = container_kind(head)
+  if kind is not None:
+    raise VideoDecodeError(f"{name}: {kind} container, not the raw MPEG-4 Part 2 stream that "
+                           f"reencode writes; {_REENCODE_FIRST}",
+                           reason=f"{kind} file, not re-encoded")
+  if head[:3] != b"\x00\x00\x01" or not (head[3] <= 0x2F or head[3] in (0xB0, 0xB5, 0xB6)):
+    raise VideoDecodeError(f"{name}: not a raw MPEG-4 Part 2 stream as reencode writes (it starts "
+                           f"with {head[:4].hex(' ')}); {_REENCODE_FIRST}",
+                           reason="not a re-encoded stream")
+
+
 class CompressedVideo:
   """Random access to a raw MPEG-4 Part 2 stream and its CoViAR representations.
 
@@ -275,8 +474,10 @@ class CompressedVideo:
     name: how errors refer to the video (default: the path, or ``<bytes, N bytes>``).
 
   Raises:
-    VideoDecodeError: empty, truncated, corrupt or non-MPEG-4 input. Corruption past the first
-      frame is reported by the method whose decode meets it.
+    VideoDecodeError: empty, truncated, corrupt or non-MPEG-4 input; an original video (a
+      container such as AVI or MP4, or a stream with B-frames) says to run it through
+      :func:`reencode` first. Corruption past the first frame is reported by the method whose
+      decode meets it.
   """
 
   def __init__(self, data: Source | np.ndarray, *, name: str | None = None):
@@ -290,7 +491,8 @@ class CompressedVideo:
       except OSError as e:
         raise VideoDecodeError(f"{self._name}: cannot read ({e})") from e
     if len(data) == 0:
-      raise VideoDecodeError(f"{self._name}: empty input (0 bytes)")
+      raise VideoDecodeError(f"{self._name}: empty input (0 bytes)", reason="empty file (0 bytes)")
+    _check_raw_stream(bytes(data[:16]), self._name)
     try:
       with av.open(io.BytesIO(bytes(data)), mode="r", format=_FORMAT) as container:
         stream = container.streams.video[0]
@@ -304,6 +506,11 @@ class CompressedVideo:
                              "video header)")
     if not packets[0][1]:
       raise VideoDecodeError(f"{self._name}: stream does not start with a keyframe")
+    for i, (packet, _) in enumerate(packets):
+      if _vop_type(packet) == _B_VOP:
+        raise VideoDecodeError(
+            f"{self._name}: frame {i} is a B-frame, which reencode never writes and CoViAR "
+            f"representations do not support; {_REENCODE_FIRST}", reason="has B-frames")
     self._packets = [p for p, _ in packets]
     self._gop_starts = np.array([i for i, (_, key) in enumerate(packets) if key], np.int64)
     self._gop_starts.flags.writeable = False

@@ -8,9 +8,17 @@ Examples::
   python -m kd_jax.data.prepare synthetic_actions/c12_24x12_f24_48x64   # a sized synthetic copy
 
 Writes array_record files under ``DATA_DIR/NAME/CONFIG/1.0.0/``, shows a progress bar per split and
-ends with a summary. Videos that fail to decode are skipped and listed, with the reason, in the summary
-and in ``skipped_videos.tsv`` next to the records. A missing or incomplete manual_dir ends in one line
-saying what to download and where to put it (exit status 1).
+ends with a summary. ``DATA_DIR`` is ``--data_dir``, else ``$KD_JAX_DATA_DIR``, else
+``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``.
+
+No single video aborts a build: a listed video that is missing or cannot be decoded is skipped, one
+that decodes only in part (truncated) is kept (``--truncated skip`` leaves it out); each is listed
+with its own reason (``missing``, ``empty file (0 bytes)``, ``not a video container``,
+``no decodable frames``, ``corrupt stream at frame N``, ``truncated (57 of 141 frames)``) and path
+in the summary and in ``skipped_videos.tsv`` next to the records. Only a split without one usable
+video is an error; ``--strict`` makes any unusable video one. A missing or incomplete manual_dir
+ends in one line saying what to download and where to put it (exit status 1), and a failed build
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from kd_jax.data.builders import common
 
 # Datasets generated here, without a download: the only ones a method may prepare on first use.
 GENERATED = ("synthetic_actions",)
+# Where the data directory comes from when none is given, in order (then ~/tensorflow_datasets).
+DATA_DIR_VARIABLES = ("KD_JAX_DATA_DIR", "TFDS_DATA_DIR")
 # The config names of sized synthetic_actions copies (see synthetic_config_name).
 _SIZED = re.compile(r"c(\d+)_(\d+)x(\d+)_f(\d+)_(\d+)x(\d+)(?:_s(\d+))?")
 
@@ -43,40 +53,77 @@ def _parser() -> argparse.ArgumentParser:
                  " frames, height x width, optional _s{seed}), ucf101|hmdb51/split1|split2|split3)")
   p.add_argument("--manual_dir", default=None,
                  help="where the official downloads are extracted (ucf101, hmdb51)")
-  p.add_argument("--data_dir", default=None, help="TFDS data directory (default ~/tensorflow_datasets)")
+  p.add_argument("--data_dir", default=None,
+                 help="TFDS data directory (default $KD_JAX_DATA_DIR, else $TFDS_DATA_DIR, else "
+                 "~/tensorflow_datasets)")
   p.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
   p.add_argument("--overwrite", action="store_true", help="rebuild even if already prepared")
+  p.add_argument("--strict", action="store_true",
+                 help="stop at the first listed video that is missing or cannot be decoded "
+                 "(default: skip it, list it with the reason, and go on)")
+  p.add_argument("--truncated", choices=("keep", "skip"), default="keep",
+                 help="videos that decode only in part (fewer frames than the container "
+                 "declares, or corrupt frames the decoder concealed): keep what decodes "
+                 "(default) or skip them; listed either way")
   return p
 
 
+def resolve_data_dir(data_dir: str | None = None) -> str | None:
+  """The data directory: ``data_dir`` if given, else ``$KD_JAX_DATA_DIR``, else ``$TFDS_DATA_DIR``,
+  else None (TFDS's ``~/tensorflow_datasets``); ``~`` expanded."""
+  for value in (data_dir, *(os.environ.get(v) for v in DATA_DIR_VARIABLES)):
+    if value:
+      return os.path.expanduser(value)
+  return None
+
+
 def prepare(name: str, *, manual_dir: str | None = None, data_dir: str | None = None,
-            workers: int = 1, overwrite: bool = False) -> dict:
+            workers: int = 1, overwrite: bool = False, strict: bool = False,
+            keep_truncated: bool = True) -> dict:
   """Builds one dataset and returns a summary.
 
+  Args:
+    name: ``NAME`` or ``NAME/CONFIG``.
+    manual_dir: where the downloads are extracted; default ``DATA_DIR/downloads/manual`` (TFDS's).
+    data_dir: the data directory (default: :func:`resolve_data_dir`).
+    workers: encoding processes.
+    overwrite: build again even if prepared.
+    strict: a listed video that is missing or cannot be decoded aborts the build.
+    keep_truncated: keep the videos that decode only in part (listed either way).
+
   Returns:
-    ``{'path', 'counts': {split: n}, 'skipped': [(split, video_id, reason)], 'seconds',
-    'already_prepared'}``.
+    ``{'path', 'counts': {split: n}, 'skipped': [(split, video_id, reason)],
+    'listed': [common.Listed], 'notes': [str], 'seconds', 'already_prepared'}``.
 
   Raises:
-    DatasetError: unknown dataset or config, or a missing or incomplete manual_dir (the message
-      says what to do).
+    DatasetError: unknown dataset or config, a missing or incomplete manual_dir, a split without
+      one usable video, or (``strict``) any unusable video; the message says what to do.
   """
-  builder = get_builder(name, data_dir=data_dir)
+  builder = get_builder(name, data_dir=resolve_data_dir(data_dir))
   path = os.fspath(builder.data_dir)
   if builder.is_prepared() and not overwrite:
+    listed = common.read_listed(path)
     return {"path": path, "already_prepared": True, "seconds": 0.0,
             "counts": {k: v.num_examples for k, v in builder.info.splits.items()},
-            "skipped": common.read_skipped(path)}
+            "skipped": common.read_skipped(path), "listed": listed, "notes": []}
   builder.num_workers = max(1, workers)
+  builder.strict = bool(strict)
+  builder.keep_truncated = bool(keep_truncated)
+  if manual_dir:
+    manual_dir = os.path.expanduser(manual_dir)
+  elif builder.name not in GENERATED:
+    # TFDS's default, named here: the download folder the builder gets is a temporary one.
+    manual_dir = os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
   config = tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
+      manual_dir=manual_dir,
       download_mode=(tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
                      else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
   start = time.time()
   tfds.disable_progress_bar()  # ours (one bar per split, in VideoBuilder) is enough
   builder.download_and_prepare(download_config=config)
   return {"path": path, "already_prepared": False, "seconds": time.time() - start,
-          "counts": dict(builder.counts), "skipped": list(builder.skipped)}
+          "counts": dict(builder.counts), "skipped": list(builder.skipped),
+          "listed": list(builder.listed), "notes": list(builder.notes)}
 
 
 def synthetic_config_name(*, num_classes: int, train_clips: int, test_clips: int,
@@ -180,12 +227,19 @@ def format_summary(name: str, summary: dict) -> str:
   """The summary printed at the end of ``prepare``."""
   counts = ", ".join(f"{split} {n}" for split, n in summary["counts"].items())
   skipped = summary["skipped"]
+  listed = summary.get("listed")
+  if listed is None:
+    listed = [common.Listed(s, v, "skipped", r) for s, v, r in skipped]
   verb = "already prepared" if summary["already_prepared"] else f"prepared in {summary['seconds']:.1f} s"
   lines = [f"{name}: {verb} at {summary['path']}",
            f"  videos: {counts}; skipped: {len(skipped)}"]
-  if skipped:
-    lines.append(f"  skipped videos (also in {os.path.join(summary['path'], common.SKIPPED_FILE)}):")
-    lines += [f"    {split}\t{video_id}\t{reason}" for split, video_id, reason in skipped]
+  if listed:
+    lines += [f"  {line}" for line in common.summarize(listed, summary["counts"])]
+  lines += [f"  note: {note}" for note in summary.get("notes", ())]
+  if listed:
+    where = os.path.join(summary["path"], common.SKIPPED_FILE)
+    lines.append(f"  listed videos (split, id, action, reason, path; also in {where}):")
+    lines += ["    " + "\t".join(row) for row in listed]
   return "\n".join(lines)
 
 
@@ -193,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
     summary = prepare(args.name, manual_dir=args.manual_dir, data_dir=args.data_dir,
-                      workers=args.workers, overwrite=args.overwrite)
+                      workers=args.workers, overwrite=args.overwrite, strict=args.strict,
+                      keep_truncated=args.truncated == "keep")
   except common.DatasetError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -25,7 +25,6 @@ config fields the methods share (``config.data.auto_prepare``, ``config.data.tra
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -108,10 +107,36 @@ def open_data_config(data: Any, *, sized: bool) -> Splits:
   ``data_dir``, ``synthetic``, ``auto_prepare``, ``prepare_workers``, ``train_split``,
   ``eval_split``); ``sized``: a ``synthetic_actions`` of the size in ``data.synthetic``."""
   return open_splits(
-      data.name, data.config, data_dir=data.data_dir,
+      data.name, data.config, data_dir=config_data_dir(data.data_dir),
       synthetic=data.synthetic.to_dict() if sized else None, auto_prepare=data.auto_prepare,
       prepare_workers=data.prepare_workers, train_split=data.train_split,
       eval_split=data.eval_split)
+
+
+def config_data_dir(value: str) -> str:
+  """The data directory of ``config.data.data_dir``, after the environment.
+
+  Precedence: ``--config.data.data_dir`` on ``kd_jax.main``'s command line, then
+  ``$KD_JAX_DATA_DIR``, then ``$TFDS_DATA_DIR``, then the config file's value ('' =
+  ``~/tensorflow_datasets``). Outside ``kd_jax.main`` (a program building its own config) a
+  non-empty value counts as given, as an explicit ``open_splits(data_dir=...)`` does.
+  """
+  overrides = _command_line_overrides()
+  given = "data.data_dir" in overrides if overrides is not None else bool(value)
+  if given:
+    return value
+  return prepare.resolve_data_dir(None) or value
+
+
+def _command_line_overrides() -> set[str] | None:
+  """The fields given as ``--config.FIELD=...`` to ``kd_jax.main``; None without its config flag."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    flag = flags.FLAGS["config"]
+  except KeyError:
+    return None
+  overrides = getattr(flag, "override_values", None) if flag.present else None
+  return set(overrides) if isinstance(overrides, Mapping) else None
 
 
 def parse_flip(value: str) -> bool | None:
@@ -131,7 +156,8 @@ def open_splits(name: str, config: str | None = None, *, data_dir: str | None = 
     name: dataset name, one of ``kd_jax.data.builders.NAMES``.
     config: builder config (``split1``, ``tiny``, ...); empty or None for the default one; ignored
       when ``synthetic`` is given.
-    data_dir: TFDS data directory; empty or None for ``~/tensorflow_datasets``; ``~`` is expanded.
+    data_dir: TFDS data directory; empty or None for ``$KD_JAX_DATA_DIR``, else
+      ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``; ``~`` is expanded.
     synthetic: a ``synthetic_actions`` size (keys ``num_classes``, ``train_clips``, ``test_clips``,
       ``num_frames``, ``height``, ``width``, optional ``seed``), stored under the config name
       ``prepare.synthetic_config_name`` gives it; None for a named config.
@@ -148,7 +174,7 @@ def open_splits(name: str, config: str | None = None, *, data_dir: str | None = 
     DatasetError: unknown dataset, config or synthetic size; a dataset that is not prepared (and
       may not be generated here); a missing split. One line, saying what to do.
   """
-  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  data_dir = prepare.resolve_data_dir(data_dir)
   make = _builder_factory(name, config, data_dir, synthetic)
   builder = make()
   if auto_prepare and builder.name in prepare.GENERATED:

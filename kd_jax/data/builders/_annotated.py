@@ -1,8 +1,8 @@
 """Shared by the builders whose classes come from annotation files (SSv2, Jester, Kinetics).
 
 Their class lists are read from the manual download at prepare time (``label`` names are then stored
-with the dataset), so the builders ship no hard-coded class tables. Missing videos can be skipped
-and listed (Kinetics: YouTube deletions) instead of failing the build.
+with the dataset), so the builders ship no hard-coded class tables. Missing videos are skipped
+and listed (Kinetics: YouTube deletions) instead of failing the build, unless the builder is strict.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from kd_jax.data import codec
 from kd_jax.data.builders import common
 
-MISSING = "missing: not found under the manual_dir"
+MISSING = common.MISSING
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -65,11 +65,11 @@ def index_by_stem(root: str, suffixes: tuple[str, ...] = common.VIDEO_SUFFIXES) 
 
 def jobs_for(name: str, root: str, lists: dict[str, list[tuple[str, int]]], instructions: str,
              *, skip_missing: bool, index: dict[str, str] | None = None
-             ) -> dict[str, list[tuple[str, str | None, int]]]:
-  """split -> [(video id, path or None if missing, label)] for listed video ids (file stems).
+             ) -> dict[str, list[tuple[str, str | None, int, str]]]:
+  """split -> [(video id, path or None if missing, label, video id)] for listed ids (file stems).
 
   Raises:
-    ManualDirError: videos are missing and ``skip_missing`` is off, or no listed video is there.
+    ManualDirError: videos are missing and ``skip_missing`` is off, or none of a split's is there.
   """
   index = index_by_stem(root) if index is None else index
   out, missing, total = {}, [], 0
@@ -82,20 +82,18 @@ def jobs_for(name: str, root: str, lists: dict[str, list[tuple[str, int]]], inst
         missing.append(video_id)
         if not skip_missing:
           continue
-      jobs.append((video_id, path, label))
+      jobs.append((video_id, path, label, video_id))
     out[split] = jobs
   if missing and (not skip_missing or len(missing) == total):
     problem = (f"{len(set(missing))} of {total} videos named in the annotations are not under "
                f"{root} (e.g. {missing[0]})")
     raise common.manual_dir_error(name, problem, instructions)
+  common.check_some_present(name, root, out, instructions)
   return out
 
 
 def reencode_or_skip(job: tuple, *, width: int, height: int, gop_size: int):
-  """``common.reencode_video`` that reports a missing file (path None) as skipped."""
-  video_id, path, _ = job
-  if path is None:
-    return video_id, None, MISSING
+  """``common.reencode_video``, which reports a missing file (path None) as skipped."""
   return common.reencode_video(job, width=width, height=height, gop_size=gop_size)
 
 
@@ -104,26 +102,27 @@ def encode_image_sequence(job: tuple, *, width: int, height: int, gop_size: int)
 
   The frames are read in name order with PyAV (FFmpeg's JPEG decoder), resized to
   ``width x height`` (bicubic, aspect ratio not kept, as ``codec.reencode``) and encoded with
-  ``codec.encode_frames``. A folder that is missing, empty or holds an undecodable frame is skipped.
+  ``codec.encode_frames``. A folder that is missing, empty or holds an undecodable frame is skipped
+  (reasons ``missing``, ``no decodable frames``, ``corrupt stream at frame N (file)``).
   """
-  video_id, folder, label = job
+  video_id, folder, label = job[:3]
   if folder is None:
-    return video_id, None, MISSING
+    return video_id, None, MISSING, job[3] if len(job) > 3 else ""
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith((".jpg", ".jpeg", ".png")))
   if not names:
-    return video_id, None, f"{video_id}: no frames in {folder}"
+    return video_id, None, "no decodable frames (no .jpg or .png files)", folder
   frames = []
-  try:
-    for name in names:
+  for i, name in enumerate(names):
+    try:
       with av.open(os.path.join(folder, name)) as container:
         frame = next(container.decode(video=0))
         frames.append(frame.reformat(width=width, height=height, format="rgb24",
                                      interpolation="BICUBIC").to_ndarray())
-  except (av.FFmpegError, StopIteration, OSError, ValueError) as e:
-    return video_id, None, f"{video_id}: cannot decode frame {name} ({type(e).__name__}: {e})"
+    except (av.FFmpegError, StopIteration, OSError, ValueError):
+      return video_id, None, f"corrupt stream at frame {i} ({name})", folder
   data = codec.encode_frames(np.stack(frames), gop_size=gop_size)
   example = {"video": data, "label": label, "video_id": video_id, "num_frames": len(frames)}
-  return video_id, example, ""
+  return video_id, example, "", folder
 
 
 def check_labels(name: str, names: Sequence[str], expected: int | None, source: str,

@@ -8,19 +8,33 @@ without TensorFlow (jax_stack.md section 8.2):
 * ``video_id``: text (comes back as bytes from a data source);
 * ``num_frames``: int32, the number of frames in the stream.
 
-A video that cannot be decoded is skipped: it is counted in the progress bar, listed in
-``skipped_videos.tsv`` inside the prepared dataset directory, and reported by ``prepare``.
+No single video aborts a build. A listed video that is missing or cannot be decoded is skipped; one
+that decodes only in part (truncated, concealed corruption) is kept (or skipped, with
+``keep_truncated`` off). Each is listed with a short reason of its own (:data:`REASONS`) and its
+path in ``skipped_videos.tsv`` inside the prepared dataset directory, and reported by ``prepare``.
+Only a split with no usable video at all is an error; ``strict`` restores "any unusable video
+aborts".
+
+A build leaves nothing behind when it fails: TFDS writes into a temporary ``VERSION.incomplete*``
+folder renamed at the end, and :meth:`VideoBuilder.download_and_prepare` removes the folders it
+created around it (and keeps TFDS's download folder out of the data directory).
 """
 
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import functools
 import multiprocessing
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+from etils import epath
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -30,6 +44,40 @@ from kd_jax.data import codec
 
 SKIPPED_FILE = "skipped_videos.tsv"
 VERSION = tfds.core.Version("1.0.0")
+MISSING = "missing"
+# The kinds of reason a video is listed with (the text before any detail in parentheses or
+# "at frame N"); codec.reencode_checked words all but the first.
+REASONS = ("missing", "empty file", "not a video container", "damaged container",
+           "no video stream", "no decodable frames", "corrupt stream", "truncated")
+
+
+class Listed(NamedTuple):
+  """A video listed in the summary and in ``skipped_videos.tsv``.
+
+  Attributes:
+    split: the split it belongs to.
+    video_id: its id in the dataset.
+    action: ``skipped`` (not in the records) or ``kept`` (in the records, damaged).
+    reason: what is wrong, e.g. ``missing``, ``empty file (0 bytes)``,
+      ``truncated (57 of 141 frames)``.
+    path: the file (or folder) it was read from; for a missing video, the name the split list
+      gives.
+  """
+
+  split: str
+  video_id: str
+  action: str
+  reason: str
+  path: str = ""
+
+
+def reason_kind(reason: str) -> str:
+  """``'corrupt stream at frame 12'`` -> ``'corrupt stream'``; ``'damaged AVI container ...'`` ->
+  ``'damaged container'``: the reason without its details, for counting."""
+  kind = re.split(r" \(| at frame | - ", reason, maxsplit=1)[0].strip()
+  if kind.startswith("damaged ") and kind.endswith(" container"):
+    return "damaged container"
+  return kind
 
 
 class DatasetError(ValueError):
@@ -77,17 +125,30 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the kd_jax video builders.
 
   Subclasses define ``_class_names()``, ``_jobs(dl_manager)`` (split -> list of jobs) and the
-  picklable ``_encode_fn()``, a function of one job returning ``(key, example or None, reason)``.
-  Set ``num_workers`` on an instance to encode in parallel.
+  picklable ``_encode_fn()``, a function of one job returning ``(key, example or None, reason)``
+  or ``(key, example or None, reason, path)``: an example with a reason is usable but damaged
+  (e.g. truncated), no example means skipped. Set on an instance:
+
+  * ``num_workers``: encoding processes;
+  * ``strict``: a missing or unusable video aborts the build (default: skipped and listed);
+  * ``keep_truncated``: keep (default) or skip videos that decode only in part.
   """
 
   VERSION = VERSION
   num_workers: int = 1
+  strict: bool = False
+  keep_truncated: bool = True
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    self.skipped: list[tuple[str, str, str]] = []  # (split, video id, reason)
+    self.listed: list[Listed] = []
     self.counts: dict[str, int] = {}
+    self.notes: list[str] = []  # sentences for the summary, e.g. archives still packed
+
+  @property
+  def skipped(self) -> list[tuple[str, str, str]]:
+    """(split, video id, reason) of the videos left out."""
+    return [(l.split, l.video_id, l.reason) for l in self.listed if l.action == "skipped"]
 
   @abc.abstractmethod
   def _class_names(self) -> Sequence[str]:
@@ -98,8 +159,8 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """The work of each split; raises ManualDirError when inputs are missing."""
 
   @abc.abstractmethod
-  def _encode_fn(self) -> Callable[[Any], tuple[str, dict | None, str]]:
-    """A picklable function job -> (key, example or None, reason for skipping)."""
+  def _encode_fn(self) -> Callable[[Any], tuple]:
+    """A picklable function job -> (key, example or None, reason[, path])."""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -117,41 +178,159 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     fn = self._encode_fn()
     written = 0
     desc = f"{self.name}/{self.builder_config.name} {split}"
-    for key, example, reason in run_jobs(fn, jobs, workers=self.num_workers, desc=desc):
+    for result in run_jobs(fn, jobs, workers=self.num_workers, desc=desc):
+      key, example, reason = result[:3]
+      path = result[3] if len(result) > 3 else ""
+      if example is not None and reason and not self.keep_truncated:
+        example = None  # decodes only in part, and the user wants only complete videos
       if example is None:
-        self.skipped.append((split, key, reason))
+        self.listed.append(Listed(split, key, "skipped", reason, path))
+        if self.strict:
+          raise DatasetError(f"{self.name}: {split} video {key} ({path or 'no path'}): {reason}; "
+                             "--strict stops at the first unusable video (without it, such "
+                             "videos are skipped and listed)")
         continue
+      if reason:
+        self.listed.append(Listed(split, key, "kept", reason, path))
       written += 1
       yield key, example
     self.counts[split] = written
     if not written:
-      raise DatasetError(f"{self.name}: no video of split {split!r} could be decoded: "
-                         f"{self.skipped[-1][2] if self.skipped else 'the split is empty'}")
+      raise self._nothing_usable(split)
+
+  def _nothing_usable(self, split: str) -> DatasetError:
+    """The error of a split without one usable video: why, per reason, with an example."""
+    skipped = [l for l in self.listed if l.split == split and l.action == "skipped"]
+    if not skipped:
+      return DatasetError(f"{self.name}: split {split!r} lists no video")
+    why = _count_kinds(skipped)
+    first = skipped[0]
+    message = (f"{self.name}: no video of split {split!r} is usable ({why}; e.g. "
+               f"{first.path or first.video_id}: {first.reason})")
+    instructions = getattr(self, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if instructions and all(l.reason == MISSING for l in skipped):
+      return ManualDirError(f"{message}; {instructions}")
+    return DatasetError(message)
 
   def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
     super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
     # Still inside TFDS's temporary directory, which becomes the dataset directory on success.
-    write_skipped(os.fspath(self.data_dir), self.skipped)
+    write_skipped(os.fspath(self.data_dir), self.listed)
+
+  def download_and_prepare(self, *, download_dir=None, **kwargs):
+    """TFDS's, leaving nothing behind on failure.
+
+    TFDS writes the dataset into ``VERSION.incomplete*`` and renames it at the end; it also creates
+    the folders around it (``NAME/CONFIG/``, ``NAME/.config/``) and ``DATA_DIR/downloads/`` before
+    anything is generated. Those that did not exist are removed again when the build fails, and
+    the downloads folder (kd_jax datasets download nothing) is a temporary one unless given.
+    """
+    version_dir = epath.Path(self.data_dir)
+    created = [d for d in (version_dir.parent, version_dir.parent.parent,
+                           epath.Path(self.data_dir_root)) if not d.exists()]
+    scratch = None
+    if download_dir is None:
+      scratch = download_dir = tempfile.mkdtemp(prefix="kd_jax_prepare_")
+    try:
+      super().download_and_prepare(download_dir=download_dir, **kwargs)
+    except BaseException:
+      for d in created:  # deepest first
+        _remove_leftover(d)
+      raise
+    finally:
+      if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+  def is_prepared(self) -> bool:
+    # TFDS logs "Variant folder ... has no dataset_info.json" for a folder that is not there yet,
+    # i.e. on every first use; that is not the user's business.
+    return epath.Path(self.data_dir).exists() and super().is_prepared()
+
+  def _log_download_bytes(self) -> None:
+    pass  # TFDS's "Downloading and preparing dataset Unknown size ...": kd_jax downloads nothing
+
+  def _log_download_done(self) -> None:
+    pass  # prepare prints its own summary
 
 
-def write_skipped(directory: str, skipped: Iterable[tuple[str, str, str]]) -> str:
-  """Writes the skipped-video list (tab-separated split, video id, reason) and returns its path."""
+def _remove_leftover(directory: epath.Path) -> None:
+  """Removes a folder a failed build created if it holds nothing but TFDS's bookkeeping."""
+  def only_bookkeeping(folder: epath.Path) -> bool:
+    for path in folder.iterdir():  # no rglob: epath refuses "**" (GCS cost); these trees are tiny
+      if path.is_dir():
+        if not only_bookkeeping(path):
+          return False
+      elif path.name != "metadata.json" or path.parent.name != ".config":
+        return False
+    return True
+
+  if directory.exists() and only_bookkeeping(directory):
+    directory.rmtree()
+
+
+def write_skipped(directory: str, listed: Iterable[Listed | tuple]) -> str:
+  """Writes the list of skipped and damaged videos and returns its path.
+
+  Tab-separated columns ``split, video_id, action, reason, path``; ``action`` is ``skipped`` or
+  ``kept``. Plain ``(split, video id, reason)`` tuples are skipped videos.
+  """
   path = os.path.join(directory, SKIPPED_FILE)
   with open(path, "w") as f:
-    f.write("split\tvideo_id\treason\n")
-    for split, key, reason in skipped:
-      f.write(f"{split}\t{key}\t{' '.join(reason.split())}\n")
+    f.write("split\tvideo_id\taction\treason\tpath\n")
+    for row in listed:
+      row = row if isinstance(row, Listed) else Listed(row[0], row[1], "skipped", row[2])
+      fields = [" ".join(str(v).split()) for v in row]
+      f.write("\t".join(fields) + "\n")
   return path
 
 
-def read_skipped(directory: str) -> list[tuple[str, str, str]]:
-  """Reads the list written by :func:`write_skipped`; empty when there is none."""
+def read_listed(directory: str) -> list[Listed]:
+  """Reads the list written by :func:`write_skipped` (also the older three-column one)."""
   path = os.path.join(directory, SKIPPED_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    rows = [line.rstrip("\n").split("\t", 2) for line in f][1:]
-  return [tuple(r) for r in rows if len(r) == 3]
+    lines = [line.rstrip("\n") for line in f]
+  if not lines:
+    return []
+  old = lines[0].split("\t") == ["split", "video_id", "reason"]
+  out = []
+  for line in lines[1:]:
+    if old:
+      row = line.split("\t", 2)
+      if len(row) == 3:
+        out.append(Listed(row[0], row[1], "skipped", row[2]))
+    else:
+      row = line.split("\t", 4)
+      if len(row) >= 4:
+        out.append(Listed(*row[:4], row[4] if len(row) > 4 else ""))
+  return out
+
+
+def read_skipped(directory: str) -> list[tuple[str, str, str]]:
+  """(split, video id, reason) of the skipped videos listed by :func:`write_skipped`."""
+  return [(l.split, l.video_id, l.reason) for l in read_listed(directory)
+          if l.action == "skipped"]
+
+
+def _count_kinds(rows: Iterable[Listed]) -> str:
+  """``'2 missing, 1 truncated'``: most frequent first, then by name."""
+  counts = collections.Counter(reason_kind(l.reason) for l in rows)
+  return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kn: (-kn[1], kn[0])))
+
+
+def summarize(listed: Iterable[Listed], counts: dict[str, int]) -> list[str]:
+  """Per split: ``train: 5 videos; skipped 2 (1 missing, 1 empty file); kept damaged 1 (...)``."""
+  listed = list(listed)
+  lines = []
+  for split, n in counts.items():
+    line = f"{split}: {n} videos"
+    for action, label in (("skipped", "skipped"), ("kept", "kept damaged")):
+      rows = [l for l in listed if l.split == split and l.action == action]
+      if rows or action == "skipped":
+        line += f"; {label} {len(rows)}" + (f" ({_count_kinds(rows)})" if rows else "")
+    lines.append(line)
+  return lines
 
 
 def index_files(root: str, suffixes: tuple[str, ...]) -> dict[str, str]:
@@ -203,17 +382,25 @@ def split_configs(dataset: str) -> list[SplitConfig]:
 
 
 def reencode_video(job: tuple, *, width: int, height: int, gop_size: int):
-  """Re-encodes one source video: ``job = (video_id, path, label)``; skips undecodable ones."""
-  video_id, path, label = job
+  """Re-encodes one source video: ``job = (video_id, path, label[, listed name])``.
+
+  Returns ``(video_id, example or None, reason, path)``: no example for a missing (path None) or
+  undecodable video, an example and a reason (``truncated (57 of 141 frames)``) for one that
+  decodes only in part, reason ``''`` for a complete one.
+  """
+  video_id, path, label = job[:3]
+  if path is None:
+    return video_id, None, MISSING, job[3] if len(job) > 3 else ""
   try:
-    data = codec.reencode(path, width=width, height=height, gop_size=gop_size, name=video_id)
-    num_frames = codec.CompressedVideo(data, name=video_id).num_frames
+    result = codec.reencode_checked(path, width=width, height=height, gop_size=gop_size,
+                                    name=video_id)
+    num_frames = codec.CompressedVideo(result.data, name=video_id).num_frames
   except codec.VideoDecodeError as e:
-    return video_id, None, str(e)
+    return video_id, None, e.reason, path
   except (ValueError, OSError) as e:  # anything else a broken file can raise in PyAV
-    return video_id, None, f"{video_id}: {type(e).__name__}: {e}"
-  example = {"video": data, "label": label, "video_id": video_id, "num_frames": num_frames}
-  return video_id, example, ""
+    return video_id, None, f"unreadable ({type(e).__name__})", path
+  example = {"video": result.data, "label": label, "video_id": video_id, "num_frames": num_frames}
+  return video_id, example, result.problem, path
 
 
 class SplitVideoBuilder(VideoBuilder, skip_registration=True):
@@ -251,7 +438,8 @@ def manual_dir_error(name: str, problem: str, instructions: str) -> ManualDirErr
 
 
 def locate_videos(name: str, root: str, lists: dict[str, list[tuple[str, int]]],
-                  instructions: str, hint: str = "") -> dict[str, list[tuple[str, str, int]]]:
+                  instructions: str, hint: str = "", *, strict: bool = False
+                  ) -> dict[str, list[tuple]]:
   """Finds every listed video under ``root`` by file name (any sub-directory, any case).
 
   Args:
@@ -260,12 +448,16 @@ def locate_videos(name: str, root: str, lists: dict[str, list[tuple[str, int]]],
     lists: split -> [(listed path or file name, label)].
     instructions: what to download and where, for the error message.
     hint: an extra sentence for the error message.
+    strict: a missing video is an error; otherwise it becomes a job without a path (skipped and
+      listed as ``missing`` when encoding).
 
   Returns:
-    split -> [(video id, path, label)], the video id being the file name without extension.
+    split -> [(video id, path or None, label, listed name)], the video id being the file name
+    without extension.
 
   Raises:
-    ManualDirError: some listed videos are not there.
+    ManualDirError: some listed videos are not there and ``strict`` is on, or none of a split's
+      is there (found before hours of encoding the other splits).
   """
   index = index_files(root, VIDEO_SUFFIXES)
   out, missing, total = {}, [], 0
@@ -277,11 +469,23 @@ def locate_videos(name: str, root: str, lists: dict[str, list[tuple[str, int]]],
       path = index.get(base.lower())
       if path is None:
         missing.append(base)
-        continue
-      jobs.append((os.path.splitext(base)[0], path, label))
+        if strict:
+          continue
+      jobs.append((os.path.splitext(base)[0], path, label, listed))
     out[split] = jobs
-  if missing:
+  if missing and (strict or len(missing) == total):
     problem = (f"{len(set(missing))} of {total} videos named in the split lists are not under "
                f"{root} (e.g. {missing[0]}){hint}")
     raise manual_dir_error(name, problem, instructions)
+  check_some_present(name, root, out, instructions, hint)
   return out
+
+
+def check_some_present(name: str, root: str, jobs: dict[str, list[tuple]], instructions: str,
+                       hint: str = "") -> None:
+  """Raises a ManualDirError when every listed video of a split is missing (path None)."""
+  for split, split_jobs in jobs.items():
+    if split_jobs and all(job[1] is None for job in split_jobs):
+      problem = (f"none of the {len(split_jobs)} videos of split {split!r} is under {root} "
+                 f"(e.g. {split_jobs[0][3]}){hint}")
+      raise manual_dir_error(name, problem, instructions)

@@ -94,4 +94,9 @@ class Hmdb51(common.SplitVideoBuilder, skip_registration=True):
     rars = glob.glob(os.path.join(manual_dir, "**", "*.rar"), recursive=True)
     hint = (f"; {len(rars)} .rar archives are still packed there (e.g. {os.path.basename(rars[0])})"
             " - extract them too" if rars else "")
-    return common.locate_videos("hmdb51", manual_dir, lists, INSTRUCTIONS, hint)
+    jobs = common.locate_videos("hmdb51", manual_dir, lists, INSTRUCTIONS, hint,
+                                strict=self.strict)
+    missing = sum(path is None for split_jobs in jobs.values() for _, path, *_ in split_jobs)
+    if missing and hint:
+      self.notes.append(f"{missing} listed videos are not under {manual_dir}{hint}")
+    return jobs

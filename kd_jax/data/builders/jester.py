@@ -98,8 +98,8 @@ class Jester(_annotated.AnnotatedVideoBuilder, skip_registration=True):
     names, lists = read_annotations(manual_dir)
     self._set_class_names(names)
     folders = frame_folders(manual_dir, [v for e in lists.values() for v, _ in e])
-    return _annotated.jobs_for("jester", manual_dir, lists, INSTRUCTIONS, skip_missing=False,
-                               index=folders)
+    return _annotated.jobs_for("jester", manual_dir, lists, INSTRUCTIONS,
+                               skip_missing=not self.strict, index=folders)
 
   def _encode_fn(self):
     cfg = self.builder_config

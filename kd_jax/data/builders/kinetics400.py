@@ -98,7 +98,8 @@ class Kinetics400(_annotated.AnnotatedVideoBuilder, skip_registration=True):
     manual_dir = common.manual_dir(dl_manager, "kinetics400", INSTRUCTIONS)
     names, lists = read_annotations(manual_dir)
     self._set_class_names(names)
-    return _annotated.jobs_for("kinetics400", manual_dir, lists, INSTRUCTIONS, skip_missing=True)
+    return _annotated.jobs_for("kinetics400", manual_dir, lists, INSTRUCTIONS,
+                               skip_missing=not self.strict)
 
   def _encode_fn(self):
     cfg = self.builder_config

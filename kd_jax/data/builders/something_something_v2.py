@@ -101,7 +101,7 @@ class SomethingSomethingV2(_annotated.AnnotatedVideoBuilder, skip_registration=T
     names, lists = read_annotations(manual_dir)
     self._set_class_names(names)
     return _annotated.jobs_for("something_something_v2", manual_dir, lists, INSTRUCTIONS,
-                               skip_missing=False,
+                               skip_missing=not self.strict,
                                index=_annotated.index_by_stem(manual_dir, (".webm",)))
 
   def _encode_fn(self):

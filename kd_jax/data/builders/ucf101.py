@@ -101,4 +101,4 @@ class Ucf101(common.SplitVideoBuilder, skip_registration=True):
   def _jobs(self, dl_manager):
     manual_dir = common.manual_dir(dl_manager, "ucf101", INSTRUCTIONS)
     lists = read_lists(manual_dir, self.builder_config.split_number)
-    return common.locate_videos("ucf101", manual_dir, lists, INSTRUCTIONS)
+    return common.locate_videos("ucf101", manual_dir, lists, INSTRUCTIONS, strict=self.strict)
