@@ -100,9 +100,10 @@ def _tensorboard_tags(logdir: pathlib.Path) -> set[str]:
 
 
 def _checkpoint_top1(workdir: pathlib.Path, stage: str, config: dict) -> float:
-  """Test top-1 of a smoke student's final checkpoint, computed without the engine's evaluation."""
+  """Test top-1 of a smoke student's final weights (what a finished stage keeps, with
+  train.keep_finished='weights'), computed without the engine's evaluation."""
   cfg = ml_collections.ConfigDict(config["smoke"])
-  path = workdir / "checkpoints" / stage / str(cfg.num_steps) / "state"
+  path = workdir / "checkpoints" / f"{stage}-final" / str(cfg.num_steps) / "weights"
   ckptr = ocp.PyTreeCheckpointer()
   # As numpy arrays: no sharding to look up, and nothing of the run's device layout is reused.
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
@@ -166,5 +167,5 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path):
   for _ in range(2):  # the second run finds the finished stages in the same place
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (tmp_path / "runs" / "rel" / "checkpoints" / "teacher" / "4").is_dir()
+  assert (tmp_path / "runs" / "rel" / "checkpoints" / "teacher-final" / "4").is_dir()
   assert proc.stderr.count("finished earlier") == 3

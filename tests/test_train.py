@@ -307,7 +307,9 @@ def _finish(proc, timeout=300, why=""):
 def _final_params(workdir: pathlib.Path) -> dict[str, np.ndarray]:
   out = {}
   for stage in ("teacher", "student_ce", "student_kd"):
-    restored = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / stage / "60" / "state")
+    # What a finished stage keeps (train.keep_finished='weights'): params and statistics.
+    restored = ocp.PyTreeCheckpointer().restore(
+        workdir / "checkpoints" / f"{stage}-final" / "60" / "weights")
     for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
       out[stage + optim.path_str(path)] = np.asarray(leaf)
   return out
@@ -401,8 +403,9 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, reference_run):
   saved = {s: _checkpoint_steps(workdir, s) for s in STAGES}
   index = STAGES.index(stage)
   assert saved[stage] and saved[stage][-1] == step, (stage, step, saved)
-  for before in STAGES[:index]:
-    assert saved[before] and saved[before][-1] == 60, (stage, step, saved)
+  for before in STAGES[:index]:  # finished: its final weights only
+    assert _checkpoint_steps(workdir, before + "-final") == [60], (stage, step, saved)
+    assert not saved[before], (stage, step, saved)
   for after in STAGES[index + 1:]:
     assert not (workdir / "checkpoints" / after).exists(), (stage, step, saved)
   assert not (workdir / "results.json").exists()

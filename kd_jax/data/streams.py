@@ -11,20 +11,120 @@ and the grain pipelines over it with the block's workers and threads::
 
 A stage that needs another clip spec than the default one passes it (PKD: several segment counts
 and samplings from one dataset). Problems with the dataset end in a one-line :class:`UserError`.
+
+Training comes in two forms. By default an endless stream (:func:`pipeline.make_train`): batches
+are cut from one shuffled sequence, so batch boundaries and epoch boundaries need not agree.
+``train(..., whole_epochs=True)`` gives what a PyTorch ``DataLoader(shuffle=True,
+drop_last=False)`` gives epoch after epoch: each epoch a fresh permutation of the training videos
+(:class:`PaddedEpochs`), ``ceil(N / G)`` global batches of ``G``, the last one filled up with
+repeated videos marked ``mask`` 0 (1 on real ones), so every batch has the same shape and a
+step compiles once; losses and statistics that honour ``mask`` see exactly the partial batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 import dataclasses
+import math
+import sys
 from typing import Any
 
+import grain
+import jax
 import numpy as np
 
 from kd_jax.data import pipeline
+from kd_jax.data import sampling
 from kd_jax.data import sources
 from kd_jax.data.builders.common import DatasetError
 from kd_jax.errors import UserError
+
+
+def epoch_steps(num_examples: int, global_batch_size: int) -> int:
+  """Global batches of one whole epoch, the last one partial: ``ceil(N / G)``."""
+  if num_examples < 1 or global_batch_size < 1:
+    raise ValueError(f"need num_examples >= 1 and global_batch_size >= 1, got {num_examples} and "
+                     f"{global_batch_size}")
+  return math.ceil(num_examples / global_batch_size)
+
+
+class PaddedEpochs:
+  """``(example index, real)`` at each position of a stream of whole epochs; a grain source.
+
+  Epoch ``e`` is positions ``[e * L, (e + 1) * L)`` with ``L = ceil(N / G) * G``: first the
+  permutation ``numpy.random.default_rng([seed, e]).permutation(N)`` (every example once, real),
+  then ``L - N`` padding positions that repeat examples of the same permutation from its start
+  (not real). A position's value depends on ``(seed, position)`` only, so a restored iterator
+  continues bit-identically and process slices agree with the global stream.
+
+  Args:
+    num_examples: N.
+    global_batch_size: G, the examples of one global batch.
+    seed: fixes the orders.
+  """
+
+  def __init__(self, num_examples: int, global_batch_size: int, seed: int):
+    self.num_examples = int(num_examples)
+    self.epoch_size = epoch_steps(num_examples, global_batch_size) * int(global_batch_size)
+    self._order = sampling.TrainOrder(self.num_examples, seed, order="permutation")
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, position: int) -> tuple[int, bool]:
+    epoch, pos = divmod(int(position), self.epoch_size)
+    order = self._order.epoch(epoch)
+    if pos < self.num_examples:
+      return int(order[pos]), True
+    return int(order[(pos - self.num_examples) % self.num_examples]), False
+
+
+class _LookupPadded(grain.transforms.Map):
+  """``(index, real)`` -> ``((index, record), real)``."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def map(self, element):
+    index, real = element
+    return (int(index), self.source[int(index)]), real
+
+
+class _DecodePadded(grain.transforms.RandomMap):
+  """Decodes and augments as the training pipeline does, and adds ``mask`` (float32)."""
+
+  def __init__(self, decoder: pipeline.DecodeVideo):
+    self.decoder = decoder
+
+  def random_map(self, element, rng: np.random.Generator):
+    item, real = element
+    out = self.decoder.random_map(item, rng)
+    out["mask"] = np.float32(real)
+    return out
+
+
+def make_train_epochs(source, spec: pipeline.ClipSpec, *, batch_size: int, seed: int,
+                      num_workers: int = 0, read_threads: int = 1, prefetch: int = 2,
+                      process_index: int | None = None, process_count: int | None = None
+                      ) -> grain.IterDataset:
+  """Training batches in whole epochs (:class:`PaddedEpochs`), endless; a grain IterDataset.
+
+  Like :func:`pipeline.make_train` (augmentation seeded by the global position, then process
+  ``p`` of ``P`` takes positions ``p, p + P, ...``, batched per host), except for the order:
+  every epoch covers each video exactly once in ``ceil(N / (batch_size * P))`` global batches,
+  the last padded; batches carry ``mask`` (float32, 1 real, 0 padding).
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if len(source) == 0:
+    raise ValueError("the data source is empty")
+  decoder = pipeline.DecodeVideo(spec, train=True, flip=pipeline.resolve_flip(spec, source))
+  ds = grain.MapDataset.source(PaddedEpochs(len(source), batch_size * count, seed)).seed(seed)
+  ds = ds.map(_LookupPadded(source)).random_map(_DecodePadded(decoder))
+  ds = ds[index::count].batch(batch_size, drop_remainder=True)
+  return pipeline._finish(ds, num_workers, read_threads, prefetch)  # pylint: disable=protected-access
 
 
 @dataclasses.dataclass
@@ -55,11 +155,18 @@ class Streams:
   def description(self) -> str:
     return self.opened.description
 
-  def train(self, per_host: int, *, seed: int, spec: pipeline.ClipSpec | None = None) -> Any:
-    """Endless, shuffled, augmented per-host training batches; a checkpointable iterator."""
-    return iter(pipeline.make_train(self.opened.train, spec or self.spec, batch_size=per_host,
-                                    seed=seed, num_workers=self.num_workers,
-                                    read_threads=self.read_threads))
+  def train(self, per_host: int, *, seed: int, spec: pipeline.ClipSpec | None = None,
+            whole_epochs: bool = False) -> Any:
+    """Endless, shuffled, augmented per-host training batches; a checkpointable iterator.
+
+    ``whole_epochs``: epoch after epoch, each a fresh permutation in ``ceil(N / G)`` global
+    batches of ``G = per_host * process_count``, the last one padded, and a ``mask`` (float32)
+    in every batch (:func:`make_train_epochs`); otherwise one continuous stream without ``mask``
+    (:func:`pipeline.make_train`).
+    """
+    fn = make_train_epochs if whole_epochs else pipeline.make_train
+    return iter(fn(self.opened.train, spec or self.spec, batch_size=per_host, seed=seed,
+                   num_workers=self.num_workers, read_threads=self.read_threads))
 
   def eval(self, per_host: int, *, spec: pipeline.ClipSpec | None = None, split: str = "eval"
            ) -> Iterable[dict[str, np.ndarray]]:

@@ -165,7 +165,7 @@ class InceptionBlock(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
     c0, c1a, c1b, c2a, c2b, c3b = self.channels
     k3 = (3, 3, 3) if self.temporal else (1, 3, 3)
 
@@ -174,13 +174,13 @@ class InceptionBlock(nn.Module):
           features, kernel, init_scheme=self.init_scheme, dtype=self.dtype, name=name
       )
 
-    b0 = unit(c0, (1, 1, 1), "b0")(x, train=train)
-    b1 = unit(c1a, (1, 1, 1), "b1a")(x, train=train)
-    b1 = unit(c1b, k3, "b1b")(b1, train=train)
-    b2 = unit(c2a, (1, 1, 1), "b2a")(x, train=train)
-    b2 = unit(c2b, k3, "b2b")(b2, train=train)
+    b0 = unit(c0, (1, 1, 1), "b0")(x, train=train, mask=mask)
+    b1 = unit(c1a, (1, 1, 1), "b1a")(x, train=train, mask=mask)
+    b1 = unit(c1b, k3, "b1b")(b1, train=train, mask=mask)
+    b2 = unit(c2a, (1, 1, 1), "b2a")(x, train=train, mask=mask)
+    b2 = unit(c2b, k3, "b2b")(b2, train=train, mask=mask)
     b3 = layers3d.max_pool3d_same(x, k3, (1, 1, 1))
-    b3 = unit(c3b, (1, 1, 1), "b3b")(b3, train=train)
+    b3 = unit(c3b, (1, 1, 1), "b3b")(b3, train=train, mask=mask)
     return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
@@ -248,8 +248,14 @@ class InceptionI3d(nn.Module):
         dtype=self.dtype,
     )
 
-  def extract_features(self, x: Array, *, train: bool) -> dict[str, Array]:
-    """All endpoints ``Conv3d_1a_7x7`` ... ``Mixed_5c`` of a ``[B, T, H, W, C]`` clip."""
+  def extract_features(self, x: Array, *, train: bool, mask: Array | None = None
+                       ) -> dict[str, Array]:
+    """All endpoints ``Conv3d_1a_7x7`` ... ``Mixed_5c`` of a ``[B, T, H, W, C]`` clip.
+
+    ``mask`` (``[B]``, 1 real / 0 padding; None: all real): in training, every BatchNorm takes
+    its statistics from the real clips only, so a batch padded to a fixed size gives the real
+    clips the features (and the running statistics the update) of the unpadded batch.
+    """
     if x.ndim != 5:
       raise ValueError(f"expected a clip [B, T, H, W, C], got shape {tuple(x.shape)}")
     features = {}
@@ -257,7 +263,7 @@ class InceptionI3d(nn.Module):
       if name in POOLS:
         x = layers3d.max_pool3d_same(x, *POOLS[name])
       else:
-        x = getattr(self, name)(x, train=train)
+        x = getattr(self, name)(x, train=train, mask=mask)
       features[name] = x
     return features
 
@@ -280,8 +286,9 @@ class InceptionI3d(nn.Module):
     x = self.logits(x, train=train)
     return x[:, :, 0, 0, :]
 
-  def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    features = self.extract_features(x, train=train)
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None
+               ) -> tuple[Array, dict[str, Array]]:
+    features = self.extract_features(x, train=train, mask=mask)
     return self.classify(features["Mixed_5c"], train=train), features
 
 

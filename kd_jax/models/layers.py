@@ -53,7 +53,11 @@ class BatchNorm(nn.Module):
   dtype: Dtype | None = None
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+    """``mask`` (optional, ``[B]``, 1 real / 0 padding): in training, the batch statistics and
+    the running-statistics update come from the real examples only (a padded batch then behaves
+    as the batch of its real examples); a batch without real examples leaves the running
+    statistics unchanged."""
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -61,7 +65,21 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
 
     xf = x.astype(jnp.float32)
-    if train:
+    if train and mask is not None:
+      axes = tuple(range(x.ndim - 1))
+      w = jnp.asarray(mask, jnp.float32).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+      count = jnp.sum(w) * math.prod(x.shape[1:-1])  # real elements per channel
+      denom = jnp.maximum(count, 1.0)
+      mean = jnp.sum(xf * w, axes) / denom
+      var = jnp.sum(jnp.square(xf - mean) * w, axes) / denom
+      if not self.is_initializing():
+        unbiased = var * (count / jnp.maximum(count - 1.0, 1.0))
+        any_real = count > 0
+        ra_mean.value = jnp.where(
+            any_real, self.momentum * ra_mean.value + (1.0 - self.momentum) * mean, ra_mean.value)
+        ra_var.value = jnp.where(
+            any_real, self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased, ra_var.value)
+    elif train:
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(xf, axes)
       # Two-pass variance: E[(x - mean)^2] is stabler than E[x^2] - E[x]^2 for post-ReLU maps.

@@ -141,7 +141,9 @@ class Unit3D(nn.Module):
   dtype: Dtype | None = None
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+    """``mask`` (``[B]``, 1 real / 0 padding; None: all real): BatchNorm's training statistics
+    come from the real examples only (:class:`kd_jax.models.layers.BatchNorm`)."""
     kernel = tuple(self.kernel_size)
     strides = tuple(self.strides)
     fan_in = x.shape[-1] * math.prod(kernel)
@@ -158,7 +160,7 @@ class Unit3D(nn.Module):
     if self.use_batch_norm:
       x = layers.BatchNorm(
           momentum=I3D_BN_MOMENTUM, epsilon=I3D_BN_EPSILON, dtype=self.dtype, name="bn"
-      )(x, train=train)
+      )(x, train=train, mask=mask)
     if self.activation is not None:
       x = self.activation(x)
     return x

@@ -48,6 +48,15 @@ def _diff(saved: dict[str, str], wanted: dict[str, str], limit: int = 3) -> str:
   return "; ".join(parts)
 
 
+def _check_structure(meta: dict[str, Any], abstract: Any, directory: epath.Path, step: int) -> None:
+  saved, wanted = meta.get("structure", {}), structure(abstract)
+  if saved != wanted:
+    raise UserError(
+        f"the checkpoint {directory / str(step)} does not match this config's model or "
+        f"optimizer ({_diff(saved, wanted)}); use a new --workdir, or delete {directory} to start "
+        "this stage over")
+
+
 class Checkpointer:
   """One orbax ``CheckpointManager`` for one stage's directory."""
 
@@ -78,17 +87,18 @@ class Checkpointer:
     structure of ``abstract_state``.
     """
     meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    saved, wanted = meta.get("structure", {}), structure(abstract_state)
-    if saved != wanted:
-      raise UserError(
-          f"the checkpoint {self.directory / str(step)} does not match this config's model or "
-          f"optimizer ({_diff(saved, wanted)}); use a new --workdir, or delete "
-          f"{self.directory} to start this stage over")
+    _check_structure(meta, abstract_state, self.directory, step)
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self._manager.restore(step, args=ocp.args.Composite(**args))
     return restored["state"], meta
+
+  def delete_all(self) -> None:
+    """Removes every checkpoint of the stage (a finished stage keeps its weights elsewhere)."""
+    self._manager.wait_until_finished()
+    for step in self._manager.all_steps():
+      self._manager.delete(step)
 
   def reached_preemption(self, step: int) -> bool:
     return self._manager.reached_preemption(step)
@@ -120,8 +130,9 @@ class Kept:
   def save(self, step: int, weights: Any, meta: dict[str, Any]) -> None:
     if step in self._manager.all_steps():  # saved before an interruption: the same weights
       return
+    meta = dict(meta, structure=structure(weights))
     self._manager.save(step, args=ocp.args.Composite(
-        weights=ocp.args.StandardSave(weights), meta=ocp.args.JsonSave(dict(meta))), force=True)
+        weights=ocp.args.StandardSave(weights), meta=ocp.args.JsonSave(meta)), force=True)
 
   def drop_after(self, step: int) -> None:
     """Forgets weights kept after ``step``: a resume from ``step`` evaluates those steps again."""
@@ -129,12 +140,17 @@ class Kept:
       if s > step:
         self._manager.delete(s)
 
+  def meta(self, step: int) -> dict[str, Any]:
+    return dict(self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"])
+
   def restore(self, step: int, abstract_weights: Any) -> Any:
     if step not in self._manager.all_steps():
       raise UserError(
           f"{self.directory} has no weights of step {step}, the best evaluation in this stage's "
           "history (was the stage run with selection 'last', or with another config?); rerun with "
           "a new --workdir, or delete this stage's checkpoints to train it again")
+    _check_structure(self.meta(step), abstract_weights, self.directory, step)
     return self._manager.restore(step, args=ocp.args.Composite(
         weights=ocp.args.StandardRestore(abstract_weights)))["weights"]
 

@@ -20,7 +20,15 @@ def engine_config(**train_overrides) -> ml_collections.ConfigDict:
       # Persistent XLA cache: reruns, resumes and stages of one shape compile once. '' = off.
       compilation_cache_dir=compilation.DEFAULT_CACHE_DIR,
       # CPU only: 'default', 'fast' or 'fastest' (kd_jax.train.compilation.CPU_PRESETS).
-      cpu_compile="fast"))
+      cpu_compile="fast",
+      # Gradient accumulation: each step's global batch runs as this many micro-batches, then one
+      # optimiser update (kd_jax.train.steps). PyTorch's iter_size k with DataLoader batch B is a
+      # global batch of B * k with grad_accum_steps k.
+      grad_accum_steps=1,
+      # A finished stage keeps 'weights' (its final parameters, statistics and evaluations: no
+      # optimiser or data state, no earlier steps) or 'all' (its last checkpoints, whole, so
+      # that it can be trained on with more steps).
+      keep_finished="weights"))
   train.update(train_overrides)
   mesh = ml_collections.ConfigDict(dict(num_devices=-1))
   # Which weights a stage hands on (kd_jax.train.loop): 'last', 'best_test' (the papers' protocol:

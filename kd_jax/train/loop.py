@@ -201,6 +201,10 @@ class Runner:
     self.workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
     compilation.configure(config.get("train", {}))
     self.mesh = mesh_lib.make_mesh(config.get("mesh", {}).get("num_devices", -1))
+    keep = str(config.get("train", {}).get("keep_finished", "all"))
+    if keep not in ("weights", "all"):
+      raise UserError(f"config.train.keep_finished must be 'weights' or 'all', got {keep!r}")
+    self._compact = keep == "weights"
     self.selection = str(config.get("selection", "last"))
     if self.selection not in SELECTIONS:
       raise UserError(f"config.selection must be one of {', '.join(SELECTIONS)}, got "
@@ -218,21 +222,66 @@ class Runner:
       tx, schedule = stage.optimizer(stage.num_steps)
     else:
       tx, schedule = optim.make_optimizer(stage.optimizer, stage.num_steps)
+    accum = int(cfg.get("grad_accum_steps", 1))
+    devices = self.mesh.devices.size
+    if accum < 1 or stage.global_batch_size % (accum * devices):
+      raise UserError(
+          f"stage {stage.name}: its batch of {stage.global_batch_size} does not split into "
+          f"config.train.grad_accum_steps={accum} micro-batches over {devices} device(s); use a "
+          f"batch size that is a multiple of {max(accum, 1) * devices}")
     steps = steps_lib.build_steps(
         loss_fn=stage.loss_fn, tx=tx, schedule=schedule, mesh=self.mesh, init_fn=stage.init_fn,
-        seed=self.config.seed, eval_fn=stage.eval_fn)
+        seed=self.config.seed, eval_fn=stage.eval_fn, grad_accum_steps=accum)
     frozen = jax.device_put(stage.frozen, mesh_lib.replicated(self.mesh))
     ckpt = checkpoint_lib.Checkpointer(
         self.workdir / "checkpoints" / stage.name, max_to_keep=cfg.max_to_keep,
         save_every=cfg.checkpoint_every)
     kept = self._kept(stage)
+    final = (checkpoint_lib.Kept(self.workdir / "checkpoints" / f"{stage.name}-final")
+             if self._compact else None)
     try:
-      return self._run(stage, steps, frozen, ckpt, kept, per_host)
+      if final is not None and final.steps():
+        return self._finished(stage, steps, ckpt, kept, final)
+      result = self._run(stage, steps, frozen, ckpt, kept, per_host)
+      if final is not None:
+        self._compact_finished(stage, result, ckpt, final)
+      return result
     finally:
       ckpt.close()
-      for _, k in kept.values():
+      for k in [k for _, k in kept.values()] + ([final] if final is not None else []):
         k.close()
       self.writer.flush()
+
+  def _compact_finished(self, stage: Stage, result: StageResult, ckpt, final) -> None:
+    """A finished stage keeps its final weights, evaluations and history only: no optimiser
+    state, no data-iterator state, no earlier steps (``train.keep_finished='weights'``)."""
+    step = int(jax.device_get(result.state.step))
+    ckpt.wait()  # the final regular checkpoint is complete before anything is removed
+    final.save(step, {"params": result.state.params, "model_state": result.state.model_state},
+               {"stage": stage.name, "step": step, "eval": result.metrics,
+                "evals": result.history})
+    ckpt.delete_all()
+
+  def _finished(self, stage: Stage, steps, ckpt, kept, final) -> StageResult:
+    """A stage compacted by :meth:`_compact_finished`, restored."""
+    step = final.steps()[-1]
+    if step < stage.num_steps:
+      raise UserError(
+          f"stage {stage.name} finished at step {step} and kept its weights only "
+          f"(train.keep_finished='weights'), so it cannot train on to {stage.num_steps} steps; use "
+          "a new --workdir, or set train.keep_finished='all' from the start")
+    ckpt.delete_all()  # leftovers of a compaction cut short
+    weights = final.restore(step, {"params": steps.abstract_state.params,
+                                   "model_state": steps.abstract_state.model_state})
+    meta = final.meta(step)
+    history = [(int(s), m) for s, m in meta.get("evals", [])]
+    state = steps_lib.TrainState(step=np.asarray(step, np.int32), params=weights["params"],
+                                 model_state=weights["model_state"], opt_state=None)
+    logging.info("Stage %s finished earlier (step %d); restored its final weights.", stage.name,
+                 step)
+    self.results[stage.name] = meta.get("eval", {})
+    return StageResult(state, meta.get("eval", {}), history, self.selection,
+                       self._picked(stage, kept, history, steps))
 
   def _kept(self, stage: Stage) -> dict[str, tuple[str, checkpoint_lib.Kept]]:
     """``{part: (metric key, its Kept)}`` of the stage under the run's selection."""

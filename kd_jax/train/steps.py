@@ -20,6 +20,22 @@ that do not take it ignore it), so an optimiser that alternates needs no counter
 
 Anything the loss reduces over the batch (a mean, a batch-wide renormalisation) is global across
 devices and hosts: under ``jax.jit`` the batch is one global array.
+
+**Gradient accumulation** (``build_steps(grad_accum_steps=k)``, or a loss wrapped in
+:class:`Accumulate`, e.g. by :func:`accumulate`): the step splits the global batch of ``G``
+examples into ``k`` micro-batches of ``G / k`` (micro-batch ``j`` holds rows ``j, j + k, ...``,
+so when each device's share divides by ``k`` no example changes device) and runs the loss on them one after another in a
+``lax.scan``: the model state (BatchNorm running statistics) is threaded through the
+micro-batches in order, as ``k`` PyTorch forward passes would update it, and the device holds the
+activations of one micro-batch only. The gradients, the loss and the metrics of the micro-batches
+are combined with weights ``n_j / sum(n)``, where ``n_j`` is micro-batch ``j``'s count of real
+examples (the sum of the batch's optional ``mask``, 1 real / 0 padding; ``G / k`` without one); a
+micro-batch without real examples is skipped. For a loss that is a mean over its batch's (real)
+examples this is exactly the gradient of the mean over the whole global batch; then one optimiser
+update follows, so step counts, schedules and the data are those of ``k = 1``. Each micro-batch
+draws from ``fold_in(rng, j)``. What couples the examples of a batch (BatchNorm batch statistics,
+a batch-wide renormalisation) couples those of a micro-batch only, as with PyTorch's gradient
+accumulation (e.g. GenKD's ``iter_size``).
 """
 
 from __future__ import annotations
@@ -55,6 +71,96 @@ class Switch:
 
   index: Callable[[Any], jax.Array]
   branches: tuple[LossFn, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Accumulate:
+  """``loss_fn`` (a :data:`LossFn` or a :class:`Switch`) with its gradient accumulated over
+  ``micro_batches`` micro-batches of each global batch (see the module docstring)."""
+
+  loss_fn: Any
+  micro_batches: int
+
+
+def accumulate(loss_fn: LossFn | Switch | Accumulate, micro_batches: int
+               ) -> LossFn | Switch | Accumulate:
+  """``loss_fn`` accumulated over ``micro_batches`` (``config.train.grad_accum_steps``); itself
+  when that is 1.
+
+  Raises:
+    ValueError: ``micro_batches < 1``, or ``loss_fn`` already accumulates over another count.
+  """
+  micro_batches = int(micro_batches)
+  if micro_batches < 1:
+    raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+  if isinstance(loss_fn, Accumulate):
+    if micro_batches not in (1, loss_fn.micro_batches):
+      raise ValueError(f"the loss already accumulates over {loss_fn.micro_batches} micro-batches, "
+                       f"not {micro_batches}")
+    return loss_fn
+  return loss_fn if micro_batches == 1 else Accumulate(loss_fn, micro_batches)
+
+
+def _micro_batches(batch: Any, k: int, mesh: Mesh) -> Any:
+  """``[G, ...]`` leaves -> ``[k, G / k, ...]``; micro-batch ``j`` is rows ``j, j + k, ...``."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh_lib.DATA_AXIS))
+
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"a batch of {x.shape[0]} does not split into {k} micro-batches "
+                       "(config.train.grad_accum_steps)")
+    x = jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+    if x.shape[1] % mesh.devices.size:  # a micro-batch that cannot spread over every device
+      return x
+    return jax.lax.with_sharding_constraint(x, sharding)
+
+  return jax.tree.map(split, batch)
+
+
+def _accumulated_value_and_grad(fn: LossFn, k: int, mesh: Mesh):
+  """``value_and_grad``-like for :class:`Accumulate`: ``(params, model_state, frozen, batch, rng,
+  step) -> ((loss, (metrics, model_state)), grads)`` over ``k`` micro-batches in a scan."""
+
+  def run(params, model_state, frozen, batch, rng, step):
+    micro = _micro_batches(batch, k, mesh)
+    size = jax.tree.leaves(micro)[0].shape[1]
+    if isinstance(batch, dict) and "mask" in batch:
+      counts = jnp.sum(micro["mask"].astype(jnp.float32), axis=1)
+    else:
+      counts = jnp.full((k,), float(size), jnp.float32)
+    weights = counts / jnp.maximum(jnp.sum(counts), 1.0)
+
+    def one(ms, mb, j):
+      def objective(p):
+        return fn(p, ms, frozen, mb, jax.random.fold_in(rng, j), step)
+      (l, (m, new_ms)), g = jax.value_and_grad(objective, has_aux=True)(params)
+      f32 = lambda x: jnp.asarray(x).astype(jnp.float32)  # noqa: E731  (one type for both branches)
+      return (f32(l), (jax.tree.map(f32, m), new_ms)), g
+
+    like = jax.eval_shape(one, model_state, jax.tree.map(lambda x: x[0], micro), 0)
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)  # noqa: E731
+    (_, (metrics_like, _)), grads_like = like
+
+    def body(carry, xs):
+      ms, loss, metrics, grads = carry
+      mb, j, count, w = xs
+
+      def skip(ms):  # no real example: nothing to learn, statistics untouched
+        return (jnp.zeros((), jnp.float32), (zeros(metrics_like), ms)), zeros(grads_like)
+
+      (l, (m, new_ms)), g = jax.lax.cond(count > 0, lambda ms: one(ms, mb, j), skip, ms)
+      add = lambda acc, x: acc + w * x  # noqa: E731
+      return (new_ms, add(loss, l), jax.tree.map(add, metrics, m),
+              jax.tree.map(lambda a, x: a + (w * x).astype(a.dtype), grads, g)), None
+
+    init = (model_state, jnp.zeros((), jnp.float32),
+            jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics_like),
+            zeros(grads_like))
+    (model_state, loss, metrics, grads), _ = jax.lax.scan(
+        body, init, (micro, jnp.arange(k), counts, weights))
+    return (loss, (metrics, model_state)), grads
+
+  return run
 
 
 @flax.struct.dataclass
@@ -94,10 +200,13 @@ def build_steps(
     init_fn: Callable[[jax.Array], tuple[Any, Any]],
     seed: int,
     eval_fn: EvalFn | None = None,
+    grad_accum_steps: int = 1,
 ) -> Steps:
   """Builds a stage's sharded ``init``, ``train`` and ``eval`` functions.
 
-  ``loss_fn`` is a :data:`LossFn` or a :class:`Switch` of them.
+  ``loss_fn`` is a :data:`LossFn` or a :class:`Switch` of them, or either wrapped in
+  :class:`Accumulate`; ``grad_accum_steps`` (``config.train.grad_accum_steps``) > 1 accumulates
+  the gradient over that many micro-batches of each global batch (module docstring).
   ``init_fn(key) -> (params, model_state)`` initialises the trainable parameters; ``init(key)``
   runs it under jit, so the state is created already replicated on every device.
 
@@ -107,6 +216,10 @@ def build_steps(
   repl = mesh_lib.replicated(mesh)
   data = mesh_lib.batch_sharded(mesh)
   tx = optax.with_extra_args_support(tx)
+  loss_fn = accumulate(loss_fn, grad_accum_steps)
+  micro_batches = 1
+  if isinstance(loss_fn, Accumulate):
+    loss_fn, micro_batches = loss_fn.loss_fn, loss_fn.micro_batches
 
   def init(key):
     params, model_state = init_fn(key)
@@ -121,6 +234,11 @@ def build_steps(
     rng = jax.random.fold_in(base_key, state.step)
 
     def value_and_grad(fn):
+      if micro_batches > 1:
+        accumulated = _accumulated_value_and_grad(fn, micro_batches, mesh)
+        return lambda params: accumulated(params, state.model_state, frozen, batch, rng,
+                                          state.step)
+
       def objective(params):
         return fn(params, state.model_state, frozen, batch, rng, state.step)
       return jax.value_and_grad(objective, has_aux=True)
