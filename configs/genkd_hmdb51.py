@@ -10,6 +10,8 @@ The class count comes from the dataset (51): the official code's hard-coded
 ``replace_logits(101)`` is a bug (genkd.md 9.B.4) and is not copied; the teacher's converted
 Kinetics classifier is replaced by a fresh 51-way one. The official HMDB-51 script additionally
 scales frames to a short side of 240 before cropping; the prepared records are used as stored.
+Data directory: ``--config.data.data_dir=DIR`` if given, else ``$KD_JAX_DATA_DIR``, else
+``$TFDS_DATA_DIR``, else ~/tensorflow_datasets (docs/data.md, "Where the data goes").
 
 Hyper-parameters: the ``recipe`` of ``configs/genkd_ucf101.py`` (loaded here). Cost as that
 config's (3.6k training clips per split, so about 40 % of its time).

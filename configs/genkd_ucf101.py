@@ -8,6 +8,8 @@ r"""GenKD on UCF-101 (split 1): the paper's recognition setting, RGB stream (gen
 Data: ``python -m kd_jax.data.prepare ucf101/split1 --manual_dir DIR`` first (docs/data.md); the
 splits 2 and 3 with ``--config.data.config=split2``. Clips: 64 consecutive frames at 224x224, TSN
 multi-scale corner crops and flips in training, a centre crop at test; short videos loop-padded.
+Data directory: ``--config.data.data_dir=DIR`` if given, else ``$KD_JAX_DATA_DIR``, else
+``$TFDS_DATA_DIR``, else ~/tensorflow_datasets (docs/data.md, "Where the data goes").
 
 Stages: phase 1, the I3D teacher from pytorch-i3d's ``rgb_imagenet.pt`` (ImageNet-inflated,
 Kinetics-400-trained; the official code's teacher start) with its attention head and CVAE, 40
@@ -23,7 +25,12 @@ renormalisation. Every alternative of genkd.md 10 is a ``config.loss`` field (de
 Cost (analytic): Top-I3D 45 GMACs and I3D 111 GMACs per clip, the attention head 1.8 G and the CVAE
 (training only) about 0.1 G; per epoch two passes over 9.5k clips plus the teacher's forward in
 pass B: about 1-2 GPU-days on one H100 for the whole run (not measured). The batch of 6 must
-divide by the device count (``--config.student.batch_size``).
+divide by the device count (``--config.student.batch_size``). Each pass is one whole data epoch
+(``pass_length='epoch'``, the official ``DataLoader(drop_last=False)``: ceil(N / 6) steps, the
+partial last batch padded and masked). A device without room for 6 clips trains the same batch
+of 6 in micro-batches with ``--config.train.grad_accum_steps=2`` (or 3): the official
+``iter_size`` (1 here); the official batch B with iter_size k is batch_size B * k with
+grad_accum_steps k here, BatchNorm statistics per micro-batch as there.
 Variants: ``smoke`` (tiny networks from scratch, 16x32x32 clips, one epoch per stage with Adam,
 the paper's losses; a few minutes on a CPU with the prepared dataset).
 """
@@ -53,6 +60,11 @@ def recipe(name: str, builder_config: str) -> ml_collections.ConfigDict:
   config.teacher.epochs = 40
   config.student.epochs = 200  # phase 2, baseline and GenKD
   config.teacher.batch_size = config.student.batch_size = 6
+  # Each pass one whole epoch of DataLoader(shuffle=True, drop_last=False): ceil(N / 6) steps, the
+  # last batch partial (padded, masked out); 'stream' for floor(N / 6) steps of one stream.
+  config.pass_length = "epoch"
+  # iter_size 1. On a smaller device keep batch_size 6 and split it, e.g. 2 micro-batches of 3.
+  config.train.grad_accum_steps = 1
   config.teacher.eval_every_epochs = config.student.eval_every_epochs = 5
   for block in (config.teacher, config.student):
     # PyTorch SGD(lr 1e-3, momentum 0.9, weight_decay 5e-4): coupled L2 on every parameter, and a

@@ -4,7 +4,8 @@ r"""Spectral KD on 20BN-Jester V1: TSM-ResNet-50 teacher, TSM-MobileNetV2 (or -R
   python -m kd_jax.main --config configs/spectral_jester.py[:VARIANT] --workdir gs://bucket/jester
 
 Data: ``jester`` prepared with kd_jax.data.prepare (the official JPEG frame folders are encoded to
-MPEG-4 streams; see docs/data.md), in ``--config.data.data_dir`` (default ~/tensorflow_datasets).
+MPEG-4 streams; see docs/data.md), in ``--config.data.data_dir`` if given,
+else ``$KD_JAX_DATA_DIR``, else ``$TFDS_DATA_DIR``, else ~/tensorflow_datasets (docs/data.md).
 
 Recipe: the spec gives no Jester recipe, so this uses TSM's Something recipe (an inference): 8
 uniform segments, 224 multi-scale crops, **no horizontal flip** ("Swiping Left" / "Right"), SGD

@@ -4,7 +4,8 @@ r"""Spectral KD on Kinetics-400: TSM-ResNet-50 teacher, TSM-MobileNetV2 (or -Res
   python -m kd_jax.main --config configs/spectral_kinetics.py[:VARIANT] --workdir gs://bucket/k400
 
 Data: ``kinetics400`` prepared with kd_jax.data.prepare (annotation CSVs + downloaded clips; see
-docs/data.md), in ``--config.data.data_dir`` (default ~/tensorflow_datasets).
+docs/data.md), in ``--config.data.data_dir`` if given,
+else ``$KD_JAX_DATA_DIR``, else ``$TFDS_DATA_DIR``, else ~/tensorflow_datasets (docs/data.md).
 
 Recipe (TSM's public Kinetics recipe, spec section 8.2; the paper's own hyper-parameters are
 unknown): 8 uniform segments, 224 multi-scale crops with flips, SGD momentum 0.9, lr 0.02 at batch

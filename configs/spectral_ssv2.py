@@ -4,7 +4,8 @@ r"""Spectral KD on Something-Something V2: TSM-ResNet-50 teacher, TSM-MobileNetV
   python -m kd_jax.main --config configs/spectral_ssv2.py[:VARIANT] --workdir gs://bucket/ssv2
 
 Data: ``something_something_v2`` prepared with kd_jax.data.prepare (official webm videos + label
-JSONs; see docs/data.md), in ``--config.data.data_dir`` (default ~/tensorflow_datasets).
+JSONs; see docs/data.md), in ``--config.data.data_dir`` if given,
+else ``$KD_JAX_DATA_DIR``, else ``$TFDS_DATA_DIR``, else ~/tensorflow_datasets (docs/data.md).
 
 Recipe (TSM's public Something recipe, spec section 8.2; the paper's own hyper-parameters are
 unknown): 8 uniform segments, 224 multi-scale crops, **no horizontal flip** (labels such as "from

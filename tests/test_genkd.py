@@ -279,7 +279,7 @@ def test_teacher_starts_from_a_converted_rgb_imagenet_checkpoint(tmp_path):
   path = str(tmp_path / "i3d_rgb_imagenet")
   convert.save_converted(path, convert.convert_state_dict(sd, "i3d", tiny=True))
   tcfg = ml_collections.ConfigDict(dict(checkpoint=path, model="i3d"))
-  pretrained = genkd._load_teacher_checkpoint(tcfg)  # pylint: disable=protected-access
+  pretrained = genkd.load_pretrained(tcfg, "config.teacher")
   nets = genkd.build_networks("i3d", {"tiny": True}, {"tiny": True}, num_classes=4)
   params, state = jax.jit(lambda k: genkd.init_variables(nets, k, clip, pretrained))(
       jax.random.key(0))
@@ -294,4 +294,4 @@ def test_teacher_starts_from_a_converted_rgb_imagenet_checkpoint(tmp_path):
 
   tcfg.model = "top_i3d"
   with pytest.raises(UserError, match="holds a i3d.*--model top_i3d"):
-    genkd._load_teacher_checkpoint(tcfg)  # pylint: disable=protected-access
+    genkd.load_pretrained(tcfg, "config.teacher")

@@ -163,78 +163,91 @@ def test_ic_gains_are_pkd_minus_ce_against_hand_values():
   assert (ic["R3"]["gain_best"], ic["R3"]["gain_last"]) == (0.0, 0.0)
 
 
-@pytest.mark.slow  # two command-line runs; mostly XLA compilation (about 2-4 min on 2 cores)
-def test_smoke_quickstart_end_to_end_and_resume(tmp_path):
+@pytest.mark.slow  # two command-line runs; mostly XLA compilation (about 3-5 min on 2 cores)
+def test_smoke_quickstart_over_two_seeds_with_selection_and_resume(tmp_path):
   wd, data_dir = tmp_path / "qs", tmp_path / "tfds"
+  # The official protocol's pieces: best test-split weights, train-mode BN of the frozen backbone;
+  # two IC-training seeds on the same backbones.
   args = ("--config", "configs/quickstart.py:smoke", "--workdir", str(wd),
-          f"--config.data.data_dir={data_dir}")
+          f"--config.data.data_dir={data_dir}", "--config.selection=best_test",
+          "--config.ic.bn_mode=train", "--config.seeds=(0,1)")
   proc = run_cli(*args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Internal classifiers, CE vs PKD" in proc.stdout and "WISE" in proc.stdout
 
-  results = json.loads((wd / "results.json").read_text())
-  assert results["dataset"] == "synthetic_actions/tiny" and results["num_classes"] == 4
-  assert set(results["networks"]) == {"R", "MV", "I"}
-  assert set(results["ic"]) == {f"{n}{i}" for n in ("R", "MV", "I") for i in (1, 2, 3)}
-  # Each IC's accuracies and gains, by another route than the run's: from the evaluation lines of
-  # metrics.jsonl, read here (each stage's last evaluation and its best one), not from results.json.
-  logged = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
-  for key, row in results["ic"].items():
-    top1 = {kind: [v for _, v in sorted({x["step"]: x[f"{key}/top1"] for x in logged
-                                         if x["stage"] == f"ic_{kind}/eval"}.items())]
-            for kind in ("ce", "pkd")}
-    for kind, values in top1.items():
-      assert values and all(0.0 <= v <= 1.0 for v in values), (key, kind)
-      assert row[kind]["last"] == values[-1] and row[kind]["best"] == max(values), (key, kind)
-    assert row["gain_last"] == pytest.approx(top1["pkd"][-1] - top1["ce"][-1]), (key, top1)
-    assert row["gain_best"] == pytest.approx(max(top1["pkd"]) - max(top1["ce"])), (key, top1)
-  # A gain of zero reads the same either way round: some must differ, or the sign goes untested.
-  assert any(row["gain_last"] != 0 for row in results["ic"].values()), results["ic"]
-  block = results["wise"]["1/1/1"]
-  assert set(block["variants"]) == {"wise", "no_scaling", "no_lateral"}
-  assert len(block["weights"]) == 12 and len(block["fallback_weights"]) == 3
-  costs = block["exit_gmacs_per_video"]
-  assert all(a < b for a, b in zip(costs, costs[1:]))  # cumulative along the cascade
-  tau1 = block["variants"]["wise"][0]
-  assert tau1["threshold"] == 1.0 and tau1["exit_fraction"][-1] == 1.0  # nothing exits early
-  assert tau1["gmacs_per_video"] == pytest.approx(costs[-1])
-  for split in ("train", "test"):
-    with np.load(wd / "logits" / f"{split}_s1.npz") as f:
-      n = 12 if split == "train" else 8
-      assert f["residual/pkd"].shape == (n, 4, 4) and f["iframe/ce"].shape == (n, 4, 4)
-      np.testing.assert_array_equal(f["mv/ce"][:, 3], f["mv/pkd"][:, 3])  # one final classifier
+  runs = {s: json.loads((wd / f"seed{s}" / "results.json").read_text()) for s in (0, 1)}
+  backbone_log = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+  for seed, results in runs.items():
+    rd = wd / f"seed{seed}"
+    assert results["dataset"] == "synthetic_actions/tiny" and results["num_classes"] == 4
+    assert results["seed"] == seed and results["selection"]["mode"] == "best_test"
+    assert set(results["networks"]) == {"R", "MV", "I"}
+    assert set(results["ic"]) == {f"{n}{i}" for n in ("R", "MV", "I") for i in (1, 2, 3)}
+    # Each IC's accuracies and gains, by another route than the run's: from the evaluation lines
+    # of metrics.jsonl, read here (each stage's last evaluation and its best one).
+    logged = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    evals = {}
+    for key, row in results["ic"].items():
+      for kind in ("ce", "pkd"):
+        by_step = sorted({x["step"]: x[f"{key}/top1"] for x in logged
+                          if x["stage"] == f"ic_{kind}/eval"}.items())
+        values = [v for _, v in by_step]
+        assert values and all(0.0 <= v <= 1.0 for v in values), (key, kind)
+        assert row[kind]["last"] == values[-1] and row[kind]["best"] == max(values), (key, kind)
+        evals[(key, kind)] = by_step
+      assert row["gain_best"] == pytest.approx(
+          max(v for _, v in evals[(key, "pkd")]) - max(v for _, v in evals[(key, "ce")]))
+    # The selected weights are the ones used downstream: each IC's test logits (1 segment, the
+    # evaluation's sampling) score exactly its best evaluation, with the backbone statistics of
+    # that IC's own step; the final classifier column scores its backbone's best evaluation.
+    nets = {"R": "residual", "MV": "mv", "I": "iframe"}
+    with np.load(rd / "logits" / "test_s1.npz") as f:
+      for (key, kind), by_step in evals.items():
+        z = f[f"{nets[key[:-1]]}/{kind}"]
+        acc = float(np.mean(z[:, int(key[-1]) - 1].argmax(-1) == f["label"]))
+        best_step = max(by_step, key=lambda sv: (sv[1], -sv[0]))[0]
+        assert acc == pytest.approx(max(v for _, v in by_step)), (key, kind, acc, by_step)
+        assert results["selection"]["steps"][f"{kind}/{key}"] == best_step
+      for short, net in nets.items():
+        bb = [x[f"{short}/top1"] for x in backbone_log if x["stage"] == "backbone/eval"]
+        acc = float(np.mean(f[f"{net}/pkd"][:, 3].argmax(-1) == f["label"]))
+        assert acc == pytest.approx(max(bb)), (short, acc, bb)
+    block = results["wise"]["1/1/1"]
+    assert len(block["weights"]) == 12 and len(block["fallback_weights"]) == 3
+    costs = block["exit_gmacs_per_video"]
+    assert all(a < b for a, b in zip(costs, costs[1:]))  # cumulative along the cascade
+    tau1 = block["variants"]["wise"][0]
+    assert tau1["threshold"] == 1.0 and tau1["exit_fraction"][-1] == 1.0  # nothing exits early
+    assert tau1["gmacs_per_video"] == pytest.approx(costs[-1])
+    # PKD stage: 6 epochs of 2 steps; the teacher changes at epochs round(6/6) = 1 and
+    # round(6/3) = 2: MV for steps 1-2, R for 3-4, the own final classifier for 5-12.
+    phases = {x["step"]: x["teacher_phase"] for x in logged if x["stage"] == "ic_pkd"}
+    assert [phases[s] for s in sorted(phases)] == [0, 0, 1, 1] + [2] * 8
+
+  # The summary of the two real runs: mean ± std of their numbers.
   report = (wd / "report.md").read_text()
   for section in ("## Run", "## Modality networks", "## Internal classifiers: CE versus PKD",
                   "## WISE", "## Accuracy versus compute", "## Cost model"):
     assert section in report
-  assert (wd / "tradeoff.png").stat().st_size > 1000
-  # PKD stage: 6 epochs of 2 steps; the teacher changes at epochs round(6/6) = 1 and
-  # round(6/3) = 2: MV for steps 1-2, R for 3-4, the own final classifier for 5-12.
-  lines = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
-  phases = {x["step"]: x["teacher_phase"] for x in lines if x["stage"] == "ic_pkd"}
-  assert [phases[s] for s in sorted(phases)] == [0, 0, 1, 1] + [2] * 8
+  assert "mean ± std over 2 runs" in report and (wd / "tradeoff.png").stat().st_size > 1000
+  # PKD's effect: per run the mean over the ICs of PKD - CE (best evaluations), then over runs.
+  diffs = [np.mean([row["pkd"]["best"] - row["ce"]["best"] for row in runs[s]["ic"].values()])
+           for s in (0, 1)]
+  effect = json.loads((wd / "results.json").read_text())["effect"]
+  assert effect["mean"] == pytest.approx(np.mean(diffs)) and effect["n"] == 2
+  assert "Distillation effect (PKD mean IC top-1 (best) - CE)" in proc.stdout
+  values = [runs[s]["ic"]["R1"]["pkd"]["best"] for s in (0, 1)]
+  assert (f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f} (n=2)"
+          in report), report
 
   # A rerun restores every stage and the logits instead of recomputing them.
-  before = (wd / "metrics.jsonl").read_text()
-  mtime = (wd / "logits" / "test_s1.npz").stat().st_mtime
+  before = (wd / "seed1" / "metrics.jsonl").read_text()
+  mtime = (wd / "seed1" / "logits" / "test_s1.npz").stat().st_mtime
   proc = run_cli(*args)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  for stage in ("backbone", "ic_ce", "ic_pkd"):
-    assert f"Stage {stage} finished earlier" in proc.stderr
-  assert (wd / "metrics.jsonl").read_text() == before
-  assert (wd / "logits" / "test_s1.npz").stat().st_mtime == mtime
-  assert json.loads((wd / "results.json").read_text())["ic"] == results["ic"]
-
-  # Several runs (seeds or splits) are reported as mean ± std.
-  other = json.loads(json.dumps(results))
-  other["seed"] = 1
-  for row in other["ic"].values():
-    row["pkd"]["best"] = 1.0
-  agg = tmp_path / "agg"
-  agg.mkdir()
-  config = json.loads((wd / "config.json").read_text())
-  _pkd_report.pkd_report([results, other], agg, config)
-  text = (agg / "report.md").read_text()
-  assert "mean ± std over 2 runs" in text and "(n=2)" in text
-  r1 = results["ic"]["R1"]["pkd"]["best"]
-  assert f"{100 * (r1 + 1) / 2:.2f} ± {100 * abs(1 - r1) / 2:.2f} (n=2)" in text
+  assert proc.stderr.count("Stage backbone finished earlier") == 2  # restored for each seed
+  for stage in ("ic_ce", "ic_pkd"):
+    assert proc.stderr.count(f"Stage {stage} finished earlier") == 2
+  assert (wd / "seed1" / "metrics.jsonl").read_text() == before
+  assert (wd / "seed1" / "logits" / "test_s1.npz").stat().st_mtime == mtime
+  assert json.loads((wd / "seed1" / "results.json").read_text())["ic"] == runs[1]["ic"]

@@ -125,6 +125,10 @@ class _NoData:
   def spec(self, **kwargs: Any) -> dict[str, Any]:
     return kwargs
 
+  def val_batches(self, spec: Any, **kwargs: Any) -> None:
+    del spec, kwargs  # no held-out videos: the benchmark selects nothing
+    return None
+
 
 @dataclasses.dataclass
 class _Parts:

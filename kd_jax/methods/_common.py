@@ -52,3 +52,16 @@ def load_converted(path: str, what: str, model: str | None = None) -> Any:
 def mean_ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Cross-entropy with integer labels, averaged over the batch (a scalar)."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def holdout(config: Any) -> float:
+  """The share of training videos the data holds out: ``data.holdout`` for
+  ``config.selection='best_val'``, else none."""
+  return float(config.data.holdout) if config.get("selection") == "best_val" else 0.0
+
+
+def val_batches(data: Any) -> Any:
+  """``Stage.val_data`` of opened streams: their held-out videos, or None without any."""
+  if getattr(data, "val", None) is None:
+    return None
+  return lambda per_host: data.eval(per_host, split="val")

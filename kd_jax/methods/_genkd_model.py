@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from kd_jax import models
@@ -197,13 +198,55 @@ def feature_shape(nets: Networks, clip_shape: Sequence[int]) -> tuple[int, ...]:
   return tuple(feats[nets.tap].shape)
 
 
+def load_pretrained(block: Any, where: str) -> dict[str, Any] | None:
+  """Converted weights that a network block of the config names, or None.
+
+  ``<where>.checkpoint``: a converted checkpoint of the block's model: pytorch-i3d's
+  ``rgb_imagenet.pt`` (backbone), or GenKD's ``BDNet_teacher`` / ``BDNet_student`` (backbone and
+  attention head, ``python -m kd_jax.models.convert``). ``<where>.cvae_checkpoint`` (optional
+  field): a converted ``CVAE_teacher`` / ``CVAE_student``.
+
+  Returns:
+    ``{'params', 'batch_stats'}`` of the backbone (when ``checkpoint`` is set), plus
+    ``'attention_head'`` and ``'cvae'`` parameters when the checkpoints hold them; numpy arrays.
+    What :func:`init_variables` takes as ``pretrained``.
+  """
+  from kd_jax.methods import _common  # pylint: disable=g-import-not-at-top
+  as_numpy = lambda tree: jax.tree.map(np.asarray, dict(tree))  # noqa: E731
+  out: dict[str, Any] = {}
+  if block.get("checkpoint"):
+    conv = _common.load_converted(block.checkpoint, f"{where}.checkpoint", block.model)
+    out.update(as_numpy(conv.variables))
+    for part in ("attention_head", "cvae"):
+      if part in conv.parts:
+        out[part] = as_numpy(conv.parts[part].variables["params"])
+  if block.get("cvae_checkpoint"):
+    what = f"{where}.cvae_checkpoint"
+    conv = _common.load_converted(block.cvae_checkpoint, what)
+    if conv.model_name == "generative_attention" and conv.model_kwargs.get("part") == "cvae":
+      out["cvae"] = as_numpy(conv.variables["params"])
+    elif conv.model_name == "generative_attention" and conv.model_kwargs.get("part") == "both":
+      out["cvae"] = as_numpy(conv.variables["params"]["cvae"])
+    elif "cvae" in conv.parts:
+      out["cvae"] = as_numpy(conv.parts["cvae"].variables["params"])
+    else:
+      raise UserError(f"{what} holds no CVAE (a converted {conv.model_name}); convert GenKD's "
+                      "CVAE_teacher / CVAE_student state dict with python -m "
+                      "kd_jax.models.convert")
+  return out or None
+
+
 def init_variables(nets: Networks, key: jax.Array, clip_shape: Sequence[int],
-                   pretrained: Mapping[str, Any] | None = None) -> tuple[dict, dict]:
+                   pretrained: Mapping[str, Any] | None = None, *,
+                   where: str = "config.teacher") -> tuple[dict, dict]:
   """``(params, model_state)`` of a GenKD stage: ``params = {'net': {'backbone',
   'attention_head'}, 'cvae'}``, ``model_state = {'batch_stats'}``.
 
-  ``pretrained`` (converted variables of the backbone) replaces every backbone weight of the same
-  path except the classifier ``logits``.
+  ``pretrained`` (what :func:`load_pretrained` returns): its backbone variables replace every
+  backbone weight of the same path (the classifier ``logits`` only when it has this dataset's
+  classes: a Kinetics ``rgb_imagenet.pt`` gets a new one, a trained ``BDNet_teacher`` keeps its
+  own); its ``'attention_head'`` and ``'cvae'``, when present, replace those modules entirely.
+  ``where`` names the config block in errors.
   """
   k_net, k_head, k_cvae = jax.random.split(key, 3)
   x = jnp.zeros((1, *clip_shape), jnp.float32)
@@ -213,14 +256,72 @@ def init_variables(nets: Networks, key: jax.Array, clip_shape: Sequence[int],
   head = nets.head.init(k_head, f)["params"]
   cvae = nets.cvae.init({"params": k_cvae, "reparam": k_cvae}, f, a, mode="posterior")["params"]
   backbone, batch_stats = v["params"], v.get("batch_stats", {})
-  if pretrained is not None:
-    kw = dict(what="config.teacher.checkpoint", hint="convert pytorch-i3d rgb_imagenet.pt with "
-              "--model i3d and matching --kwargs")
-    backbone = weights.merge_pretrained(backbone, pretrained.get("params", {}), skip=("logits",),
-                                        **kw)
+  pretrained = pretrained or {}
+  ckpt = f"{where}.checkpoint"
+  shape = f"[B, {', '.join(str(d) for d in f.shape[1:])}]"
+  if "params" in pretrained:
+    kw = dict(what=ckpt, hint="convert pytorch-i3d rgb_imagenet.pt or GenKD's BDNet_teacher / "
+              "BDNet_student (python -m kd_jax.models.convert) with matching --kwargs")
+    skip = weights.mismatched_heads(backbone, pretrained["params"], ("logits",))
+    backbone = weights.merge_pretrained(backbone, pretrained["params"], skip=skip, **kw)
     batch_stats = weights.merge_pretrained(batch_stats, pretrained.get("batch_stats", {}), **kw)
+  if "attention_head" in pretrained:
+    head = weights.merge_pretrained(
+        head, pretrained["attention_head"], what=f"the attention head of {ckpt}",
+        hint=f"it must be made for the {nets.tap} features {shape} of this config's clips")
+  if "cvae" in pretrained:
+    cvae = weights.merge_pretrained(
+        cvae, pretrained["cvae"], what=f"the CVAE of {where}.cvae_checkpoint",
+        hint=f"it must be made for the {nets.tap} features {shape} of this config's clips")
   params = {"net": {"backbone": backbone, "attention_head": head}, "cvae": cvae}
   return params, {"batch_stats": batch_stats}
+
+
+def pretrained_teacher(nets: Networks, clip_shape: Sequence[int], pretrained: Mapping[str, Any],
+                       where: str = "config.teacher") -> dict[str, Any]:
+  """The frozen phase-2 teacher taken from converted official weights, without phase 1.
+
+  ``pretrained`` must hold the backbone and attention head (a converted ``BDNet_teacher`` in
+  ``<where>.checkpoint``) and the CVAE (a converted ``CVAE_teacher`` in
+  ``<where>.cvae_checkpoint``). Returns the layout of ``genkd.teacher_variables``:
+  ``{'backbone': {'params', 'batch_stats'}, 'attention_head', 'cvae'}``.
+  """
+  needed = {"params": f"{where}.checkpoint (a converted BDNet_teacher)",
+            "attention_head": f"an attention head in {where}.checkpoint (a BDNet_teacher)",
+            "cvae": f"{where}.cvae_checkpoint (a converted CVAE_teacher)"}
+  missing = [text for k, text in needed.items() if k not in (pretrained or {})]
+  if missing:
+    raise UserError(f"a teacher without phase 1 needs {'; '.join(missing)}")
+  params, state = jax.jit(lambda k, p: init_variables(nets, k, clip_shape, p, where=where))(
+      jax.random.key(0), dict(pretrained))
+  return {"backbone": {"params": params["net"]["backbone"], "batch_stats": state["batch_stats"]},
+          "attention_head": params["net"]["attention_head"], "cvae": params["cvae"]}
+
+
+def load_converted_network(path: str, tap: str = "Mixed_5c"
+                           ) -> tuple[Networks, dict[str, Any], dict[str, Any]]:
+  """``(networks, variables, meta)`` of a converted ``BDNet_student`` / ``BDNet_teacher``.
+
+  The counterpart of ``genkd.load_student`` for the official networks: classify with
+  :func:`predict` (``predict(nets, variables['params'], variables['batch_stats'], clips)``). The
+  networks' CVAE is built but has no weights (inference does not use it).
+  """
+  from kd_jax.methods import _common  # pylint: disable=g-import-not-at-top
+  conv = _common.load_converted(path, path)
+  if "attention_head" not in conv.parts:
+    raise UserError(f"{path} holds no attention head (a converted {conv.model_name}); convert "
+                    "GenKD's BDNet_student / BDNet_teacher state dict")
+  kwargs = {k: v for k, v in conv.model_kwargs.items() if k != "num_classes"}
+  head = conv.parts["attention_head"]
+  att = {k: v for k, v in head.model_kwargs.items() if k != "part"}
+  num_classes = int(conv.model_kwargs["num_classes"])
+  nets = build_networks(conv.model_name, kwargs, att, num_classes, tap)
+  variables = {"params": {"backbone": conv.variables["params"],
+                          "attention_head": head.variables["params"]},
+               "batch_stats": conv.variables.get("batch_stats", {})}
+  meta = {"model": conv.model_name, "model_kwargs": kwargs, "attention_kwargs": att, "tap": tap,
+          "num_classes": num_classes, "notes": list(conv.notes)}
+  return nets, variables, meta
 
 
 # ------------------------------------------------------------------------------------------------

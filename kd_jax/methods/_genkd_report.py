@@ -70,8 +70,10 @@ def summarize(config: ml_collections.ConfigDict, workdir: epath.Path,
                for name, r in results.items()}
   rows = {}
   for name, r in results.items():
-    m, s = r.metrics, summaries[name]
+    # The weights handed on (config.selection): the last evaluation's, or the best one's.
+    m, s = r.picked_metrics(), summaries[name]
     rows[name] = {"top1": m.get("top1"), "top5": m.get("top5"), "best_top1": s["best_top1"],
+                  "step": r.pick().step,
                   "best_epoch": s["best_epoch"],
                   "epochs": int((config.teacher if name == "teacher" else config.student).epochs)}
   base = rows.get("student_baseline")
@@ -133,8 +135,9 @@ def accuracy_table(config: ml_collections.ConfigDict, rows: Mapping[str, Mapping
   if gain:
     cells.append(["gain of GenKD over the baseline", f"{100 * gain['top1']:+.1f}",
                   f"{100 * gain['top5']:+.1f}", f"{100 * gain['best_top1']:+.1f}", ""])
+  which = "last" if config.selection == "last" else "selected"
   return R.markdown_table(
-      ["model", "top-1 (last)", "top-5 (last)", "best top-1 (epoch)", "epochs"], cells)
+      ["model", f"top-1 ({which})", f"top-5 ({which})", "best top-1 (epoch)", "epochs"], cells)
 
 
 def write(config: ml_collections.ConfigDict, workdir: epath.Path, description: str,
@@ -149,7 +152,11 @@ def write(config: ml_collections.ConfigDict, workdir: epath.Path, description: s
       "# GenKD: generative model-based feature distillation", "",
       f"Data: {description}; clips {config.data.clip_len}x{config.data.crop_size}^2. "
       f"Evaluation: one centre clip per video, attention path, {lc.eval_renorm_scope} "
-      f"renormalisation, score = {lc.cls_loss}.", "",
+      f"renormalisation, score = {lc.cls_loss}. Model selection `{config.selection}`: the "
+      "table's first columns and the exported student are "
+      + ("each stage's final weights." if config.selection == "last" else
+         "each stage's best evaluation (on the test split for 'best_test', on held-out training "
+         "videos for 'best_val'), which phase 2 also takes its teacher from."), "",
       table, "",
       f"![training curves]({PLOT})", "",
       "## Settings", "",

@@ -71,12 +71,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"every wise.settings entry is three segment counts (MV, R, I) >= 1, got {s}")
   if any(not 0 <= float(t) <= 1 for t in wise.thresholds) or not wise.thresholds:
     raise UserError(f"wise.thresholds must be confidences in [0, 1], got {tuple(wise.thresholds)}")
+  fit = tuple(wise.fit_segments)
+  if fit and (len(fit) != 3 or any(int(x) < 1 for x in fit)):
+    raise UserError(f"wise.fit_segments must be three segment counts (MV, R, I) >= 1 (fit the "
+                    f"weights once, at those counts) or () (refit per setting), got {fit}")
+  try:
+    fallback_weights = _wise.parse_fallback_weights(wise.fallback_weights)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  if fallback_weights != "learned" and wise.fallback != "finals":
+    raise UserError(f"wise.fallback_weights={wise.fallback_weights!r} weights the final "
+                    f"classifiers; it needs wise.fallback='finals', got {wise.fallback!r}")
+  if fallback_weights == "official":
+    splits = [int(s) for s in config.splits] or [_wise.dataset_split(data.config)]
+    for split in splits:
+      if (data.name, split) not in _wise.OFFICIAL_FALLBACK:
+        which = data.config if split is None else f"split{split}"
+        raise UserError(f"wise.fallback_weights='official' has presets for ucf101 and hmdb51 "
+                        f"splits 1-3 only, not {data.name} {which}; use 'learned' or three "
+                        f"weights 'w_mv,w_r,w_i'")
+  if wise.cost_count not in _wise.COST_COUNTS:
+    raise UserError(f"wise.cost_count must be one of {', '.join(_wise.COST_COUNTS)}, got "
+                    f"{wise.cost_count!r}")
+  if wise.softmax_dtype not in _wise.SOFTMAX_DTYPES:
+    raise UserError(f"wise.softmax_dtype must be one of {', '.join(_wise.SOFTMAX_DTYPES)}, got "
+                    f"{wise.softmax_dtype!r}")
   for name in (data.train_sampling, data.ic_train_sampling, data.eval_sampling,
-               data.logits_sampling):
+               data.ic_eval_sampling, data.logits_sampling):
     if name not in SAMPLINGS:
       raise UserError(f"data.*_sampling must be 'fused' or 'coviar', got {name!r}")
+  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
   from kd_jax.data.builders import common  # pylint: disable=g-import-not-at-top
+  pipeline.loader_options(data)
   try:
     sources.parse_flip(data.flip)
   except common.DatasetError as e:
@@ -113,13 +140,17 @@ def base_config() -> ml_collections.ConfigDict:
       train_sampling="coviar",  # backbones: CoViAR's single-modality loader
       ic_train_sampling="fused",  # ICs: PKD's dataset_fuse.py (one GOP for all modalities)
       eval_sampling="coviar", logits_sampling="coviar",  # spec 6.3
+      ic_eval_sampling="coviar",  # the IC stages' evaluation (official: the fused loader)
       cache_views=0)  # 0: stream through grain; >0: decode that many views into memory
 
   def net(model, lr, batch, groups):
     return ml_collections.ConfigDict(dict(
         model=model, model_kwargs=ml_collections.ConfigDict(), init_checkpoint="", lr=lr,
         ic_lr=lr, batch_size=batch, epochs=510, decay_at=(150 / 510, 270 / 510, 390 / 510),
-        lr_groups=groups))
+        lr_groups=groups,
+        # Where IC1..IC3 start: 'random', or 'checkpoint': the IC heads of init_checkpoint (a
+        # converted PKD IC checkpoint), for both the CE and the PKD IC stage.
+        ic_init="random"))
 
   rgb_groups = ((r"^fc/", 1.0), (r".*", 0.01))
   cv_groups = ((r"^(conv1|bn1|data_bn)/", 0.1), (r"^fc/", 1.0), (r".*", 0.01))
@@ -137,11 +168,22 @@ def base_config() -> ml_collections.ConfigDict:
       bn_mode="eval", train_fc_bias="both", temperature=1.0, train_crop_size=256,
       eval_every_epochs=1))
   config.logits = ml_collections.ConfigDict(dict(batch_size=32))
+  # WISE switches (the paper configs set the official values where they differ):
+  # fit_segments: () refits the weights per setting on the train logits at its segment counts;
+  #   (MV, R, I) fits them once at those counts and reuses them (official: the counts of the
+  #   official command line, UCF-101 (1, 1, 1), HMDB-51 (1, 2, 1)).
+  # fallback_weights: 'learned' (fitted like the exits, spec 9 item 8) | 'official' (the
+  #   per-split constants of the official scripts, _wise.OFFICIAL_FALLBACK) | 'w_mv,w_r,w_i'.
+  # cost_count: 'per_video' (each video's exit cost once) | 'official' (the official counter's
+  #   bug: correct exits at MV2-MV4 counted twice; for point-by-point comparison with the paper).
+  # softmax_dtype: 'float64' | 'float32' (official: float32 torch tensors).
   config.wise = ml_collections.ConfigDict(dict(
       order="R,MV,I", lr=0.1, steps=500, init=1.0, alpha=0.1, free_exits=5, fallback_alpha=0.1,
       fallback="finals", ic_variant="pkd", variants=("wise", "no_scaling", "no_lateral"),
       thresholds=(1.0, 0.999999, 0.999995, 0.9999, 0.999, 0.995, 0.99, 0.9),
-      settings=((3, 5, 3), (5, 5, 3), (1, 1, 1), (1, 2, 2))))
+      settings=((3, 5, 3), (5, 5, 3), (1, 1, 1), (1, 2, 2)),
+      fit_segments=(), fallback_weights="learned", cost_count="per_video",
+      softmax_dtype="float64"))
   return config
 
 

@@ -41,14 +41,27 @@ def _load_npz(path: epath.Path) -> dict[str, np.ndarray]:
     return {k: f[k] for k in f.files}
 
 
+def logit_segments(config, segments: Sequence[int]) -> dict[str, list[int]]:
+  """The segment counts whose logits WISE reads, per split.
+
+  The test split: ``segments`` (every count of ``wise.settings``). The train split, where the
+  weights are fitted: the counts of ``wise.fit_segments`` when the weights are fitted once, else
+  the same as the test split (refit per setting).
+  """
+  test = sorted({int(s) for s in segments})
+  fit = tuple(int(x) for x in config.wise.fit_segments)
+  return {"train": sorted(set(fit)) if fit else test, "test": test}
+
+
 def dump_logits(runner: train.Runner, config, data: Data, nets: dict[str, Network],
                 backbones: dict[str, dict], ics: dict[str, dict[str, Any]],
                 segments: Sequence[int]) -> dict[tuple[str, int], dict[str, np.ndarray]]:
   """Video-level logits of all exits, per split and segment count; cached as npz in the workdir.
 
-  Each file holds ``<net>/<ce|pkd>`` ``[N, 4, K]`` (IC1, IC2, IC3, the network's final
-  classifier; the final always from the fine-tuned backbone with its own statistics) and
-  ``label`` ``[N]``, in the source's record order.
+  ``segments``: the counts of ``wise.settings``; the train split is dumped at the counts the
+  weights are fitted at instead (:func:`logit_segments`). Each file holds ``<net>/<ce|pkd>``
+  ``[N, 4, K]`` (IC1, IC2, IC3, the network's final classifier; the final always from the
+  fine-tuned backbone with its own statistics) and ``label`` ``[N]``, in the source's record order.
   """
   out_dir = runner.workdir / "logits"
   batch = int(config.logits.batch_size)
@@ -77,8 +90,8 @@ def dump_logits(runner: train.Runner, config, data: Data, nets: dict[str, Networ
 
   variables = {"backbones": backbones, "ics": ics}
   results = {}
-  for split in ("train", "test"):
-    for s in segments:
+  for split, counts in logit_segments(config, segments).items():
+    for s in counts:
       path = out_dir / f"{split}_s{s}.npz"
       if path.exists():
         results[(split, s)] = _load_npz(path)
@@ -102,45 +115,83 @@ def dump_logits(runner: train.Runner, config, data: Data, nets: dict[str, Networ
   return results
 
 
-def run_wise(config, logits, costs: dict[str, list[float]]) -> dict[str, Any]:
-  """Fits and evaluates WISE for every segment setting; returns the ``wise`` results block."""
+def _run_split(config, split: int | None) -> int | None:
+  """The split actually run: ``split`` (an entry of ``config.splits``) or ``data.config``."""
+  if split is not None:
+    return int(split)
+  return _wise.dataset_split(config.data.get("config"))
+
+
+def run_wise(config, logits, costs: dict[str, list[float]], *, split: int | None = None
+             ) -> dict[str, Any]:
+  """Fits and evaluates WISE for every segment setting; returns the ``wise`` results block.
+
+  ``split``: the dataset split this run uses (``run_one``'s, an entry of ``config.splits``); None
+  reads it from ``config.data.config``. The official fallback preset follows it.
+
+  The WISE switches (``config.wise``): ``fit_segments`` (MV, R, I) fits the weights once, on the
+  train logits at those counts, and reuses them for every setting (the official protocol), ``()``
+  refits per setting; ``fallback_weights`` 'learned' | 'official' | three weights (MV, R, I);
+  ``cost_count`` 'per_video' (each video's cost once) | 'official' (correct exits at MV2-MV4
+  counted twice, the official counter's bug); ``softmax_dtype`` 'float64' | 'float32' (official).
+  """
   w = config.wise
   order = parse_order(w.order)
   finals = [4 * i + 3 for i in range(len(order))]
+  run_split = _run_split(config, split)
+  fb_source, fb_weights = _wise.fallback_weights(w.fallback_weights, order,
+                                                 dataset=config.data.name, split=run_split)
+  double = _wise.official_double_count(order) if w.cost_count == "official" else ()
+  fit_seg = tuple(int(x) for x in w.fit_segments)
+
+  def stack(split_name, seg, variant):
+    parts = [logits[(split_name, seg[m])][f"{m}/{variant}"] for m in order]
+    return np.concatenate(parts, axis=1), logits[(split_name, seg[order[0]])]["label"]
+
+  def fit(seg):
+    ztr, ytr = stack("train", seg, w.ic_variant)
+    return _wise.fit(ztr, ytr, finals, alpha=float(w.alpha), free_exits=int(w.free_exits),
+                     fallback_alpha=float(w.fallback_alpha), lr=float(w.lr),
+                     steps=int(w.steps), init=float(w.init), fallback=fb_weights)
+
+  once_seg = dict(zip(("mv", "residual", "iframe"), fit_seg)) if fit_seg else None
+  once = fit(once_seg) if once_seg else None
   out = {}
   for setting in w.settings:
     seg = dict(zip(("mv", "residual", "iframe"), (int(x) for x in setting)))
     label = "/".join(str(seg[m]) for m in ("mv", "residual", "iframe"))
-
-    def stack(split, variant):
-      parts = [logits[(split, seg[m])][f"{m}/{variant}"] for m in order]
-      return np.concatenate(parts, axis=1), logits[(split, seg[order[0]])]["label"]
-
-    ztr, ytr = stack("train", w.ic_variant)
-    zte, yte = stack("test", w.ic_variant)
-    fitted = _wise.fit(ztr, ytr, finals, alpha=float(w.alpha), free_exits=int(w.free_exits),
-                       fallback_alpha=float(w.fallback_alpha), lr=float(w.lr),
-                       steps=int(w.steps), init=float(w.init))
+    zte, yte = stack("test", seg, w.ic_variant)
+    fitted = once if once is not None else fit(seg)
     cost = _wise.cascade_costs([costs[m] for m in order], [seg[m] for m in order])
     variants = _wise.evaluate(zte, yte, fitted, finals, cost, list(w.thresholds),
-                              list(w.variants), fallback=w.fallback)
+                              list(w.variants), fallback=w.fallback, double_count=double,
+                              softmax_dtype=w.softmax_dtype)
     full = float(cost[-1])
+    n = len(yte)
     single = {f"{SHORT[m]}{k + 1}": float(np.mean(zte[:, 4 * i + k].argmax(-1) == yte))
               for i, m in enumerate(order) for k in range(4)}
     fused = zte[:, finals].astype(np.float64)
+    fit_at = once_seg or seg
     out[label] = {
         "segments": {SHORT[m]: seg[m] for m in order},
         "order": [SHORT[m] for m in order],
+        "test_videos": n,
+        "fit_once": once is not None,  # wise.fit_segments given: one fit for every setting
+        "fit_segments": {SHORT[m]: fit_at[m] for m in order},  # where the weights were fitted
+        "fallback_weights_source": fb_source,
+        "cost_count": w.cost_count,
+        "softmax_dtype": w.softmax_dtype,
         "weights": fitted.weights.tolist(),
         "fallback_weights": fitted.fallback.tolist(),
         "variants": variants,
         "exit_gmacs_per_video": cost.tolist(),
         "late_fusion": {"accuracy": float(np.mean(fused.sum(1).argmax(-1) == yte)),
-                        "gmacs_per_video": full},
+                        "gmacs_per_video": full, "gmacs_total": full * n},
+        # The finals weighted by the fallback weights in use (learned, official or explicit).
         "late_fusion_learned": {
             "accuracy": float(np.mean(np.einsum("nmc,m->nc", fused, fitted.fallback)
                                       .argmax(-1) == yte)),
-            "gmacs_per_video": full},
+            "gmacs_per_video": full, "gmacs_total": full * n},
         "single_exit_top1": single,
     }
   return out

@@ -61,6 +61,7 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int) -> dict[
                          dtype=kwargs.get("dtype") or "float32")
     except ValueError as e:
       raise UserError(f"networks.{name}: {e}") from None
+    check_ic_init(name, cfg)
     out[name] = Network(name, cfg, backbone, heads, kwargs)
   return out
 
@@ -77,26 +78,69 @@ def tap_examples(net: Network, crop: int) -> dict[str, jax.ShapeDtypeStruct]:
   return {t: jax.ShapeDtypeStruct(feats[t].shape, jnp.float32) for t in IC_TAPS}
 
 
-def init_backbone(net: Network, crop: int, seed: int) -> tuple[dict, dict, str]:
-  """(params, batch_stats, description): converted checkpoint if configured, else random."""
-  variables = weights.host_init(net.backbone, backbone_example(net, crop), seed)
-  path = net.cfg.init_checkpoint
-  if not path:
-    return variables["params"], variables.get("batch_stats", {}), "random"
+IC_INITS = ("random", "checkpoint")
+
+
+def check_ic_init(net_name: str, cfg: ml_collections.ConfigDict) -> str:
+  """``networks.<net>.ic_init``: 'random' (default) or 'checkpoint' (needs ``init_checkpoint``)."""
+  value = cfg.get("ic_init", "random")
+  if value not in IC_INITS:
+    raise UserError(f"networks.{net_name}.ic_init must be one of {', '.join(IC_INITS)} (where the "
+                    f"IC heads start from), got {value!r}")
+  if value == "checkpoint" and not cfg.init_checkpoint:
+    raise UserError(f"networks.{net_name}.ic_init='checkpoint' takes the IC heads of "
+                    f"networks.{net_name}.init_checkpoint, which is empty; convert a PKD IC "
+                    "checkpoint with python -m kd_jax.models.convert and name it there")
+  return value
+
+
+def _converted(net: Network) -> Any:
   what = f"config.networks.{net.name}.init_checkpoint"
-  conv = _common.load_converted(path, what)
-  # The classifier is replaced (ImageNet 1000 / Kinetics 400 classes -> this dataset's).
+  conv = _common.load_converted(net.cfg.init_checkpoint, what, net.cfg.model)
+  if check_ic_init(net.name, net.cfg) == "checkpoint" and "ic_heads" not in conv.parts:
+    raise UserError(f"{what} holds no IC heads, but networks.{net.name}.ic_init='checkpoint'; "
+                    "convert one of PKD's IC checkpoints (module.IC{k}_features.* entries) or "
+                    f"set networks.{net.name}.ic_init='random'")
+  return conv
+
+
+def init_backbone(net: Network, crop: int, seed: int) -> tuple[dict, dict, str]:
+  """(params, batch_stats, description): converted checkpoint if configured, else random.
+
+  ``networks.<net>.init_checkpoint`` is a converted checkpoint of the configured network: a
+  CoViAR / torchvision backbone, or one of PKD's IC checkpoints, whose backbone is used here (its
+  IC heads by :func:`init_heads` with ``ic_init='checkpoint'``). The classifier ``fc`` is kept when
+  it has this dataset's classes and replaced otherwise (ImageNet 1000, Kinetics 400).
+  """
+  check_ic_init(net.name, net.cfg)
+  variables = weights.host_init(net.backbone, backbone_example(net, crop), seed)
+  if not net.cfg.init_checkpoint:
+    return variables["params"], variables.get("batch_stats", {}), "random"
+  path = net.cfg.init_checkpoint
+  what = f"config.networks.{net.name}.init_checkpoint"
+  conv = _converted(net)
+  skip = weights.mismatched_heads(variables["params"], conv.variables.get("params", {}), ("fc",))
   hint = f"convert a {net.cfg.model} of the configured width"
   params, stats = (weights.merge_pretrained(variables.get(c, {}), conv.variables.get(c, {}),
-                                            skip=("fc",), what=what, hint=hint)
+                                            skip=skip, what=what, hint=hint)
                    for c in ("params", "batch_stats"))
-  return params, stats, f"converted checkpoint {path}"
+  kept = "classifier replaced" if skip else "classifier kept"
+  return params, stats, f"converted checkpoint {path} ({kept})"
 
 
 def init_heads(net: Network, crop: int, seed: int) -> tuple[dict, dict]:
+  """IC1..IC3 heads: random, or (``networks.<net>.ic_init='checkpoint'``) the IC heads of the
+  converted PKD IC checkpoint in ``init_checkpoint``, with their BatchNorm statistics."""
   taps = tap_examples(net, crop)
   v = weights.host_init(net.heads, taps, seed)
-  return v["params"], v.get("batch_stats", {})
+  params, stats = v["params"], v.get("batch_stats", {})
+  if check_ic_init(net.name, net.cfg) == "random":
+    return params, stats
+  heads = _converted(net).parts["ic_heads"].variables
+  what = f"the IC heads of config.networks.{net.name}.init_checkpoint"
+  hint = f"convert an IC checkpoint of a {net.cfg.model} of the configured width and classes"
+  return (weights.merge_pretrained(params, heads.get("params", {}), what=what, hint=hint),
+          weights.merge_pretrained(stats, heads.get("batch_stats", {}), what=what, hint=hint))
 
 
 def _apply(module, variables: dict, x, *, train: bool):

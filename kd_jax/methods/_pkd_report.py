@@ -106,6 +106,39 @@ def _ic_rows(runs: Sequence[dict]) -> list[list[str]]:
   return rows
 
 
+def split_total(runs: Sequence[dict], *keys: Any) -> float | None:
+  """A per-run total summed over the runs' splits, averaged over the seeds of each split.
+
+  The paper's "Cost (GMACs)" is the sum over the test videos of the three splits (spec 5.5): with
+  runs over splits 1-3 this is that sum; with one run, its own total. None if a run lacks it.
+  """
+  by_split: dict[Any, list[float]] = {}
+  for r in runs:
+    v = _get(r, *keys)
+    if v is None:
+      return None
+    by_split.setdefault(r.get("split"), []).append(float(v))
+  return sum(sum(v) / len(v) for v in by_split.values())
+
+
+def _total_cell(runs: Sequence[dict], *keys: Any) -> str:
+  total = split_total(runs, *keys)
+  return "-" if total is None else f"{total:.6g}"
+
+
+def wise_switches(block: Mapping[str, Any]) -> str:
+  """One sentence naming the WISE switches a setting's results were computed with."""
+  fit = block.get("fit_segments")
+  if block.get("fit_once") and fit:
+    fitted = "once, at MV/R/I " + "/".join(str(fit.get(k, "?")) for k in ("MV", "R", "I"))
+  else:
+    fitted = "per setting, at its own segment counts"
+  return (f"weights fitted {fitted} (`wise.fit_segments`), fallback weights "
+          f"`{block.get('fallback_weights_source', 'learned')}` (`wise.fallback_weights`), cost "
+          f"counter `{block.get('cost_count', 'per_video')}` (`wise.cost_count`), softmax in "
+          f"`{block.get('softmax_dtype', 'float64')}` (`wise.softmax_dtype`)")
+
+
 def _wise_rows(runs: Sequence[dict], setting: str) -> list[list[str]]:
   first = runs[0]["wise"][setting]
   variants = list(first["variants"])
@@ -120,6 +153,7 @@ def _wise_rows(runs: Sequence[dict], setting: str) -> list[list[str]]:
       cells.append(f"{row_of(v)['gmacs_per_video']:.4g}" if n_runs == 1 else
                    _cell(runs, "wise", setting, "variants", v, i, "gmacs_per_video",
                          percent=False, digits=4))
+      cells.append(_total_cell(runs, "wise", setting, "variants", v, i, "gmacs_total"))
     early = [1.0 - _get(r, "wise", setting, "variants", variants[0], i, "exit_fraction")[-1]
              for r in runs]
     cells.append(R.fmt_mean_std(early, 1, percent=True))
@@ -158,9 +192,8 @@ def pkd_report(runs: Sequence[dict[str, Any]], workdir: epath.Path,
             f"WISE {t['wise_s']:.0f} s).",
             ""]
   lines += ["## Modality networks", "",
-            "Cross-entropy fine-tuning; test top-1 at the last evaluation and the best one (the "
-            "paper selects the best test-split epoch; the weights used downstream are the last "
-            "epoch's).", "",
+            "Cross-entropy fine-tuning; test top-1 at the last evaluation and the best one. "
+            + _selection_sentence(first), "",
             R.markdown_table(
                 ["network", "top-1 last", "top-1 best", "best epoch"],
                 [[k, _cell(runs, "networks", k, "last"), _cell(runs, "networks", k, "best"),
@@ -173,23 +206,29 @@ def pkd_report(runs: Sequence[dict[str, Any]], workdir: epath.Path,
             "points.", "",
             R.markdown_table(["IC", "CE best", "PKD best", "Δ best", "CE last", "PKD last",
                               "Δ last"], _ic_rows(runs)), ""]
+  if n > 1:
+    from kd_jax.methods import _runs  # pylint: disable=g-import-not-at-top
+    lines += [_runs.effect_sentence(ic_effect(runs)), ""]
   lines += ["## WISE", "",
             "Cascade in the order " + " → ".join(first["wise"][next(iter(first["wise"]))]["order"])
             + "; weights fitted on train-split logits; exit when the ensemble's softmax confidence "
             "exceeds the threshold. `wise` = learned weights (the paper's curve), `division` = "
             "ensemble divided by k, `no_scaling` = all weights 1, `no_lateral` = each exit alone. "
-            "Costs in GMACs per video; 'early' = share of test videos that exit before the "
-            "fallback.", ""]
+            "Costs in GMACs per video and, Σ, summed over the test videos (over the splits of "
+            "several runs, averaged over seeds: the paper's plotted cost, spec 5.5); 'early' = "
+            "share of test videos that exit before the fallback.", "",
+            "Switches: " + wise_switches(next(iter(first["wise"].values()))) + ".", ""]
   for setting, block in first["wise"].items():
     variants = list(block["variants"])
     headers = ["threshold"]
     for v in variants:
-      headers += [f"{v} top-1", f"{v} GMACs"]
+      headers += [f"{v} top-1", f"{v} GMACs/video", f"{v} Σ GMACs"]
     headers.append("early")
     lines += [f"### Segments MV/R/I = {setting}", "",
               R.markdown_table(headers, _wise_rows(runs, setting)), "",
               f"Late fusion of the three final classifiers: plain sum "
-              f"{_cell(runs, 'wise', setting, 'late_fusion', 'accuracy')}, learned fallback weights "
+              f"{_cell(runs, 'wise', setting, 'late_fusion', 'accuracy')}, fallback weights "
+              f"({block.get('fallback_weights_source', 'learned')}) "
               f"{_cell(runs, 'wise', setting, 'late_fusion_learned', 'accuracy')} "
               f"(at {block['late_fusion']['gmacs_per_video']:.3f} GMACs per video). Single exits: "
               + ", ".join(f"{k} {_cell(runs, 'wise', setting, 'single_exit_top1', k)}"
@@ -218,23 +257,50 @@ def pkd_report(runs: Sequence[dict[str, Any]], workdir: epath.Path,
   lines += ["## Cost model", "",
             "Cumulative GMACs per segment up to each exit, computed with "
             "`kd_jax.models.macs.exit_macs` for the networks and IC heads actually trained, at the "
-            "test input size (convolutions and matrix products; exit 4 includes the three IC "
-            "heads). Exiting in a later network adds the full cost of the earlier ones times their "
-            "segments. These are not the spec's hard-coded table (5.5), which matches ResNet-18 "
-            "only with a 7x7 second IC head and has the R and MV rows swapped.", "",
+            "test input size (multiply-accumulates of convolutions and linear layers; BatchNorm, "
+            "ReLU and pooling, the IC heads' adaptive pools included, are not counted; exit 4 "
+            "includes the three IC heads). Exiting in a later network adds the full cost of the "
+            "earlier ones times their segments. These are not the spec's hard-coded table (5.5), "
+            "which is ptflops's full count (BatchNorm, ReLU and pooling elements added, 0.3-1.3 % "
+            "more), matches ResNet-18 only with a 7x7 second IC head and has the R and MV rows "
+            "swapped.", "",
             R.markdown_table(["network", "exit 1", "exit 2", "exit 3", "exit 4"],
                              [[k] + [f"{c:.4g}" for c in v]
                               for k, v in first["exit_gmacs_per_segment"].items()]), ""]
   text = "\n".join(lines)
   (workdir / "report.md").write_text(text + "\n")
-  return {"runs": list(runs), "report": str(workdir / "report.md")}
+  return {"runs": list(runs), "report": str(workdir / "report.md"),
+          "effect": ic_effect(runs) if n > 1 else None}
+
+
+def _selection_sentence(first: Mapping[str, Any]) -> str:
+  mode = first.get("selection", {}).get("mode", "last")
+  if mode == "last":
+    return ("Model selection `last`: every later stage, the logits and WISE use the final "
+            "weights (the paper selects the best test-split epoch: `selection='best_test'`).")
+  where = "test-split" if mode == "best_test" else "held-out training-video"
+  return (f"Model selection `{mode}`: every network and each IC hands on the weights of its best "
+          f"{where} evaluation (the steps are in results.json, `selection`), and the logits and "
+          "WISE use those.")
+
+
+def ic_effect(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+  """PKD's effect over CE per run (the mean over the ICs of PKD - CE at each IC's best
+  evaluation), against the spread between runs (:func:`kd_jax.methods._runs.effect`)."""
+  from kd_jax.methods import _runs  # pylint: disable=g-import-not-at-top
+  numbers = [{kind: sum(row[kind]["best"] for row in r["ic"].values()) / len(r["ic"])
+              for kind in ("pkd", "ce")} for r in runs]
+  e = _runs.effect(numbers, "pkd", "ce")
+  if e:
+    e.update(distilled="PKD mean IC top-1 (best)", baseline="CE")
+  return e
 
 
 def pkd_summary(runs: Sequence[dict[str, Any]], workdir: epath.Path) -> str:
   """What the command prints at the end: the CE-versus-PKD table and the WISE summary."""
   first = runs[0]
   out = [f"PKD + WISE on {first['dataset']} ({len(runs)} run(s)); test top-1 %",
-         "", "Modality networks (last epoch): " + ", ".join(
+         "", "Modality networks (last evaluation): " + ", ".join(
              f"{k} {_cell(runs, 'networks', k, 'last')}" for k in first["networks"]), "",
          "Internal classifiers, CE vs PKD (best / last evaluation):",
          f"  {'IC':4} {'CE best':>9} {'PKD best':>9} {'Δ':>7}   {'CE last':>9} {'PKD last':>9} "
@@ -242,7 +308,8 @@ def pkd_summary(runs: Sequence[dict[str, Any]], workdir: epath.Path) -> str:
   for row in _ic_rows(runs):
     out.append(f"  {row[0]:4} {row[1]:>9} {row[2]:>9} {row[3]:>7}   {row[4]:>9} {row[5]:>9} "
                f"{row[6]:>7}")
-  out += ["", "WISE (accuracy % at GMACs per video):"]
+  out += ["", "WISE (accuracy % at GMACs per video; " + wise_switches(
+      next(iter(first["wise"].values()))).replace("`", "") + "):"]
   for setting, block in first["wise"].items():
     rows = block["variants"].get("wise") or next(iter(block["variants"].values()))
     parts = [f"τ={r['threshold']:g}: "
@@ -251,5 +318,8 @@ def pkd_summary(runs: Sequence[dict[str, Any]], workdir: epath.Path) -> str:
     out.append(f"  segments MV/R/I {setting}: " + "; ".join(parts))
     out.append(f"    late fusion (plain) {_cell(runs, 'wise', setting, 'late_fusion', 'accuracy')}"
                f" @ {block['late_fusion']['gmacs_per_video']:.3g}")
+  if len(runs) > 1:
+    from kd_jax.methods import _runs  # pylint: disable=g-import-not-at-top
+    out += ["", _runs.effect_sentence(ic_effect(runs))]
   out += ["", f"Report: {workdir / 'report.md'} (plot: {workdir / 'tradeoff.png'})"]
   return "\n".join(out)

@@ -24,6 +24,17 @@ epoch:
   CVAE (target not detached), and ``ad_weight * attention_distillation_loss(A_s, A_t)`` against
   the frozen teacher for the distilled student.
 
+**Pass length.** With ``config.pass_length='epoch'`` (official) each pass is one data epoch, as
+the official loop over ``DataLoader(shuffle=True)`` (``drop_last`` False): ``ceil(N / batch)``
+batches in a fresh order per pass, the last one partial, here padded to the batch size and
+masked out of every loss and BatchNorm statistic (:func:`make_loss_fn`), so no second program
+is compiled. ``'stream'`` (earlier kd_jax) takes ``N // batch`` batches of one continuous stream.
+
+**Gradient accumulation.** ``config.train.grad_accum_steps = k`` (official ``iter_size``, 1) runs
+each batch of ``batch_size`` clips as ``k`` micro-batches, then one optimiser update
+(:mod:`kd_jax.train.steps`): the official ``batch_size B, iter_size k`` is ``batch_size B * k``
+with ``grad_accum_steps k`` here.
+
 **How the two passes run on the engine (one Stage).** The trainable pytree is
 ``{'net': {'backbone', 'attention_head'}, 'cvae'}``; the optimiser is :func:`alternating`, an
 optax transformation that hands phase ``k`` of every ``steps_per_pass`` steps to one sub-optimiser
@@ -69,6 +80,7 @@ from kd_jax import train
 from kd_jax.errors import UserError
 from kd_jax.methods import _common
 from kd_jax.methods import _genkd_report
+from kd_jax.methods import _runs
 from kd_jax.methods._genkd_model import CLS_LOSSES
 from kd_jax.methods._genkd_model import GD_VARIANTS
 from kd_jax.methods._genkd_model import LossConfig
@@ -79,6 +91,8 @@ from kd_jax.methods._genkd_model import _features
 from kd_jax.methods._genkd_model import alternating
 from kd_jax.methods._genkd_model import build_networks
 from kd_jax.methods._genkd_model import classification_loss
+from kd_jax.methods._genkd_model import load_pretrained
+from kd_jax.methods._genkd_model import pretrained_teacher
 from kd_jax.methods._genkd_model import feature_shape
 from kd_jax.methods._genkd_model import foreground
 from kd_jax.methods._genkd_model import init_variables
@@ -88,17 +102,38 @@ from kd_jax.methods._genkd_model import reconstruction_weight
 from kd_jax.methods._genkd_model import video_scores  # noqa: F401  (re-exported)
 from kd_jax.train import checkpoint
 from kd_jax.train import optim
+from kd_jax.train import steps as steps_lib
 
 if TYPE_CHECKING:  # Imported where used: the video stack is slow to import.
   from kd_jax.data import streams
 
 STAGES = ("teacher", "student_baseline", "student_genkd")
 PASS_A, PASS_B = 0, 1
+PASS_LENGTHS = ("epoch", "stream")
 METRIC_KEYS = ("pass", "epoch", "cvae", "gd", "cls", "rec", "rec_weight", "ad")
 
 
 # ------------------------------------------------------------------------------------------------
 # The two-pass step.
+
+
+def batch_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """The mean of per-example ``values [B]``; with ``mask`` (1 real, 0 padding) over the real
+  examples only: ``sum(values * mask) / sum(mask)`` (0 for a batch without real examples)."""
+  if mask is None:
+    return values.mean()
+  m = mask.astype(jnp.float32)
+  return jnp.sum(values.astype(jnp.float32) * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _train_features(nets: Networks, backbone, batch_stats, x, mask):
+  """The tap in train mode and the updated BatchNorm statistics, from the real clips of ``mask``
+  (None: every clip)."""
+  if mask is None:
+    return _features(nets, backbone, batch_stats, x, train=True)
+  feats, new = nets.net.apply({"params": backbone, "batch_stats": batch_stats}, x, train=True,
+                              mask=mask, mutable=["batch_stats"], method="extract_features")
+  return feats[nets.tap], new["batch_stats"]
 
 
 def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
@@ -112,6 +147,12 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
   the same program, and a term that is off skips its teacher computation (``lax.cond``). The
   ``cond`` computes only the teacher's side, from values without gradient, so differentiating the
   step never linearises it.
+
+  A batch may carry ``mask`` ``[B]`` (1 real clip, 0 padding: the partial last batch of a
+  whole-epoch pass, ``config.pass_length='epoch'``): every term is then the mean over the real
+  clips (:func:`batch_mean`; ``L_rec`` the mean over their elements), BatchNorm takes its batch
+  statistics and running update from the real clips only, and the batch-global sums of ``F_fg``
+  run over the real clips, so a padded batch trains exactly as its real clips alone would.
   """
   f32 = jnp.float32
   zero = jnp.zeros([], f32)
@@ -128,14 +169,14 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
   def pass_a(params, model_state, frozen, batch, rng, step):
     epoch = pass_and_epoch(step, steps_per_pass)[1].astype(f32)
     _, k_rep, _, k_t = jax.random.split(rng, 4)
-    x = batch["video"]
+    x, mask = batch["video"], batch.get("mask")
     net = jax.lax.stop_gradient(params["net"])
-    f, bs = _features(nets, net["backbone"], model_state["batch_stats"], x, train=True)
+    f, bs = _train_features(nets, net["backbone"], model_state["batch_stats"], x, mask)
     a = nets.head.apply({"params": net["attention_head"]}, f)
     out = nets.cvae.apply({"params": params["cvae"]}, f, a, mode="posterior",
                           rngs={"reparam": k_rep})
-    l_cvae = losses.cvae_loss(f, out.reconstruction, out.mean, out.log_var, a,
-                              kl_weight=lc.kl_weight).mean()
+    l_cvae = batch_mean(losses.cvae_loss(f, out.reconstruction, out.mean, out.log_var, a,
+                                         kl_weight=lc.kl_weight), mask)
     l_gd = zero
     if teacher is not None:
       t = frozen["teacher"]
@@ -152,8 +193,9 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
                                   rngs={"prior": k_t}).reconstruction
 
       t_rec = if_on(frozen["use_gd"], teacher_reconstruction, out.reconstruction)
-      l_gd = jnp.where(frozen["use_gd"] > 0,
-                       losses.generative_distillation_loss(out.reconstruction, t_rec).mean(), zero)
+      l_gd = jnp.where(
+          frozen["use_gd"] > 0,
+          batch_mean(losses.generative_distillation_loss(out.reconstruction, t_rec), mask), zero)
     loss = l_cvae + lc.gd_weight * l_gd
     terms = dict(cvae=l_cvae, gd=l_gd, cls=zero, rec=zero, rec_weight=zero, ad=zero)
     return finish(loss, terms, bs, epoch, PASS_A)
@@ -161,18 +203,22 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
   def pass_b(params, model_state, frozen, batch, rng, step):
     epoch = pass_and_epoch(step, steps_per_pass)[1].astype(f32)
     k_drop, _, k_prior, _ = jax.random.split(rng, 4)
-    x, labels = batch["video"], batch["label"]
+    x, labels, mask = batch["video"], batch["label"], batch.get("mask")
     cvae = jax.lax.stop_gradient(params["cvae"])
     backbone = params["net"]["backbone"]
-    f, bs = _features(nets, backbone, model_state["batch_stats"], x, train=True)
+    f, bs = _train_features(nets, backbone, model_state["batch_stats"], x, mask)
     a = nets.head.apply({"params": params["net"]["attention_head"]}, f)
-    logits = nets.net.apply({"params": backbone}, foreground(f, a, scope=lc.renorm_scope),
+    # Padding rows are zeroed before the batch-global sums, so only real clips set the scale.
+    f_real = f if mask is None else f * mask.astype(f.dtype)[:, None, None, None, None]
+    logits = nets.net.apply({"params": backbone}, foreground(f_real, a, scope=lc.renorm_scope),
                             train=True, method="classify", rngs={"dropout": k_drop})
-    l_cls = classification_loss(logits, labels, lc.cls_loss).mean()
+    l_cls = batch_mean(classification_loss(logits, labels, lc.cls_loss), mask)
     rec = nets.cvae.apply({"params": cvae}, f, a, mode="prior",
                           rngs={"prior": k_prior}).reconstruction
     target = jax.lax.stop_gradient(f) if lc.rec_detach_target else f
-    l_rec = jnp.mean(jnp.square(rec.astype(f32) - target.astype(f32)))
+    sq = jnp.square(rec.astype(f32) - target.astype(f32))
+    # Element mean; with padding, over the real clips' elements (every clip has as many).
+    l_rec = jnp.mean(sq) if mask is None else batch_mean(jnp.mean(sq, axis=(1, 2, 3, 4)), mask)
     w = reconstruction_weight(epoch, kind=lc.rec_ramp, max_weight=lc.rec_max_weight,
                               ramp_epochs=lc.rec_ramp_epochs)
     l_ad = zero
@@ -186,7 +232,7 @@ def make_loss_fn(nets: Networks, lc: LossConfig, steps_per_pass: int,
 
       t_a = if_on(frozen["use_ad"], teacher_attention, a)
       l_ad = jnp.where(frozen["use_ad"] > 0,
-                       losses.attention_distillation_loss(a, t_a).mean(), zero)
+                       batch_mean(losses.attention_distillation_loss(a, t_a), mask), zero)
     loss = l_cls + w * l_rec + lc.ad_weight * l_ad
     terms = dict(cvae=zero, gd=zero, cls=l_cls, rec=l_rec, rec_weight=w, ad=l_ad)
     return finish(loss, terms, bs, epoch, PASS_B)
@@ -225,12 +271,13 @@ def make_optimizer(net_cfg: ml_collections.ConfigDict, cvae_cfg: ml_collections.
 # Data.
 
 
-def load_data(dcfg: ml_collections.ConfigDict) -> streams.Streams:
+def load_data(dcfg: ml_collections.ConfigDict, holdout: float = 0.0) -> streams.Streams:
   """The dataset of ``config.data`` as dense RGB clips; ``synthetic_actions`` is prepared on first
-  use (config 'custom': the size in ``data.synthetic``)."""
+  use (config 'custom': the size in ``data.synthetic``); ``holdout``: see ``open_streams``."""
   from kd_jax.data import streams  # pylint: disable=g-import-not-at-top,redefined-outer-name
   sized = dcfg.name == "synthetic_actions" and dcfg.config == "custom"
-  return streams.open_streams(dcfg, "rgb_clip", sized=sized, clip_len=int(dcfg.clip_len))
+  return streams.open_streams(dcfg, "rgb_clip", sized=sized, holdout=holdout,
+                              clip_len=int(dcfg.clip_len))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,8 +311,16 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       (min(lcfg.kl_weight, lcfg.gd_weight, lcfg.ad_weight, lcfg.rec_max_weight) >= 0,
        "config.loss weights must be >= 0"),
       (lcfg.rec_ramp_epochs >= 1, "config.loss.rec_ramp_epochs must be >= 1"),
-      (config.teacher.epochs >= 1 and config.student.epochs >= 1,
-       "config.teacher.epochs and config.student.epochs must be >= 1"),
+      (config.teacher.epochs >= 0 and config.student.epochs >= 1,
+       "config.teacher.epochs must be >= 0 (0: the converted official teacher and CVAE of "
+       "config.teacher.checkpoint / cvae_checkpoint, no phase 1) and config.student.epochs >= 1"),
+      (config.teacher.epochs > 0 or (config.teacher.checkpoint and
+                                     config.teacher.cvae_checkpoint),
+       "config.teacher.epochs=0 skips phase 1, so config.teacher.checkpoint (a converted "
+       "BDNet_teacher) and config.teacher.cvae_checkpoint (a converted CVAE_teacher) must be set"),
+      (config.pass_length in PASS_LENGTHS,
+       f"config.pass_length must be one of {', '.join(PASS_LENGTHS)}, got {config.pass_length!r}"),
+      (int(config.train.grad_accum_steps) >= 1, "config.train.grad_accum_steps must be >= 1"),
   ]
   for ok, message in checks:
     if not ok:
@@ -286,27 +341,25 @@ def _stage(setup: Setup, name: str, nets: Networks, block: ml_collections.Config
            ) -> tuple[train.Stage, int]:
   cfg, data = setup.config, setup.data
   batch = int(block.batch_size)
-  steps_per_pass = len(data.opened.train) // batch
+  where = f"config.{'teacher' if teacher is None else 'student'}.batch_size"
+  whole_epochs = cfg.pass_length == "epoch"
+  n = len(data.opened.train)
+  # 'epoch': a DataLoader(drop_last=False) pass, the last batch partial (padded and masked);
+  # 'stream': whole batches of one continuous stream.
+  steps_per_pass = -(-n // batch) if whole_epochs else n // batch
   if steps_per_pass < 1:
-    raise UserError(f"config.{'teacher' if teacher is None else 'student'}.batch_size={batch} "
-                    f"exceeds the {len(data.opened.train)} training videos")
+    raise UserError(f"{where}={batch} exceeds the {n} training videos")
   num_steps = 2 * int(block.epochs) * steps_per_pass
   eval_every = 2 * steps_per_pass * max(1, int(block.eval_every_epochs))
   stage = train.Stage(
       name=name, init_fn=init_fn, loss_fn=make_loss_fn(nets, lc, steps_per_pass, teacher),
       optimizer=make_optimizer(block.optimizer, block.cvae_optimizer, steps_per_pass),
       num_steps=num_steps, global_batch_size=batch,
-      train_data=lambda per_host: data.train(per_host, seed=cfg.seed), frozen=frozen,
-      eval_fn=make_eval_fn(nets, lc), eval_data=data.eval,
+      train_data=lambda per_host: data.train(per_host, seed=cfg.seed, whole_epochs=whole_epochs),
+      frozen=frozen,
+      eval_fn=make_eval_fn(nets, lc), eval_data=data.eval, val_data=_common.val_batches(data),
       eval_every=eval_every if eval_every < num_steps else 0)
   return stage, steps_per_pass
-
-
-def _load_teacher_checkpoint(tcfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  if not tcfg.checkpoint:
-    return None
-  converted = _common.load_converted(tcfg.checkpoint, "config.teacher.checkpoint", tcfg.model)
-  return jax.tree.map(np.asarray, dict(converted.variables))
 
 
 def make_setup(config: ml_collections.ConfigDict, data: streams.Streams) -> Setup:
@@ -326,7 +379,7 @@ def make_setup(config: ml_collections.ConfigDict, data: streams.Streams) -> Setu
 
 def teacher_stage(setup: Setup) -> tuple[train.Stage, int]:
   """Phase 1: the teacher network, attention head and CVAE."""
-  pretrained = _load_teacher_checkpoint(setup.config.teacher)
+  pretrained = load_pretrained(setup.config.teacher, "config.teacher")
   nets = setup.teacher
 
   def init_fn(key):
@@ -340,17 +393,20 @@ def student_stage(setup: Setup, name: str, teacher_vars: Mapping[str, Any], *, u
                   use_ad: bool) -> tuple[train.Stage, int]:
   """Phase 2 (or the baseline with both switches off); every student starts from one init."""
   nets = setup.student
+  # The official student (converted BDNet_student / CVAE_student) when config.student names it.
+  pretrained = load_pretrained(setup.config.student, "config.student")
 
   def init_fn(key):
-    return init_variables(nets, jax.random.fold_in(key, 2), setup.clip_shape)
+    return init_variables(nets, jax.random.fold_in(key, 2), setup.clip_shape, pretrained,
+                          where="config.student")
 
   frozen = {"teacher": teacher_vars, "use_gd": np.float32(use_gd), "use_ad": np.float32(use_ad)}
   return _stage(setup, name, nets, setup.config.student, loss_config(setup.config, teacher=False),
                 init_fn, teacher=setup.teacher, frozen=frozen)
 
 
-def teacher_variables(state: train.TrainState) -> dict[str, Any]:
-  """The frozen teacher of phase 2 from the phase-1 train state."""
+def teacher_variables(state: train.TrainState | train.Selected) -> dict[str, Any]:
+  """The frozen teacher of phase 2 from the phase-1 weights model selection hands on."""
   p = state.params
   return {"backbone": {"params": p["net"]["backbone"],
                        "batch_stats": state.model_state["batch_stats"]},
@@ -361,7 +417,8 @@ def teacher_variables(state: train.TrainState) -> dict[str, Any]:
 # The exported student.
 
 
-def save_student(path: epath.Path, state: train.TrainState, meta: Mapping[str, Any]) -> None:
+def save_student(path: epath.Path, state: train.TrainState | train.Selected,
+                 meta: Mapping[str, Any]) -> None:
   """Writes ``student.ckpt``: backbone, attention head, classifier and BN statistics; no CVAE."""
   variables = {"params": dict(state.params["net"]),
                "batch_stats": state.model_state["batch_stats"]}
@@ -385,20 +442,39 @@ def load_student(path: str) -> tuple[Networks, dict[str, Any], dict[str, Any]]:
 # The run.
 
 
+# What several runs (config.seeds / config.splits) summarise, and the distillation effect.
+EFFECT = ("student_genkd top-1", "student_baseline top-1")
+
+
+def summary_numbers(results: Mapping[str, Any]) -> dict[str, float]:
+  """The numbers of one run that :mod:`kd_jax.methods._runs` summarises over runs."""
+  return {f"{name} {k.replace('top', 'top-')}": row[k] for name, row in results["genkd"].items()
+          for k in ("top1", "top5") if row.get(k) is not None}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Every (split, seed) of ``config.seeds`` / ``config.splits`` (one run by default)."""
+  return _runs.run_all(config, workdir, run_one, summary_numbers, EFFECT, title="GenKD")
+
+
+def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Phase 1, the baseline student, phase 2; writes results.json, report.md, student.ckpt."""
   t_start = time.monotonic()
   _check_config(config)
-  data = load_data(config.data)
+  data = load_data(config.data, _common.holdout(config))
   setup = make_setup(config, data)
   runner = train.Runner(config, workdir)
   timings, results, spp = {}, {}, {}
 
   t0 = time.monotonic()
-  stage, spp["teacher"] = teacher_stage(setup)
-  results["teacher"] = runner.run(stage)
+  if int(config.teacher.epochs) == 0:  # phase 2 from the official teacher and CVAE, no phase 1
+    teacher_vars = pretrained_teacher(
+        setup.teacher, setup.clip_shape, load_pretrained(config.teacher, "config.teacher"))
+  else:
+    stage, spp["teacher"] = teacher_stage(setup)
+    results["teacher"] = runner.run(stage)
+    teacher_vars = teacher_variables(results["teacher"].pick())
   timings["teacher"] = time.monotonic() - t0
-  teacher_vars = teacher_variables(results["teacher"].state)
 
   runs = [("student_baseline", False, False)] if config.run_baseline else []
   runs.append(("student_genkd", bool(config.loss.use_gd), bool(config.loss.use_ad)))
@@ -416,8 +492,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           "num_classes": data.num_classes, "cls_loss": config.loss.cls_loss,
           "eval_renorm_scope": config.loss.eval_renorm_scope,
           "source": "GenKD student (kd_jax), CVAE dropped"}
+  picked = results["student_genkd"].pick()
+  meta["selection"], meta["step"] = config.selection, picked.step
   if not ckpt_path.exists():
-    save_student(ckpt_path, results["student_genkd"].state, meta)
+    save_student(ckpt_path, picked, meta)
 
   summaries, rows, gain = _genkd_report.summarize(config, runner.workdir, results, spp)
   timings["total"] = time.monotonic() - t_start
@@ -442,6 +520,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.method = "genkd"
   config.seed = 2020
   config.run_baseline = True
+  # Each pass (A, then B) is one data epoch, as the official DataLoader(shuffle=True,
+  # drop_last=False) loop: ceil(N / batch) steps, a fresh order per pass, the last batch partial
+  # (padded, its padding masked out of every loss and BatchNorm statistic). 'stream': floor(N /
+  # batch) steps of one continuous stream (pass and epoch boundaries drift apart; earlier kd_jax).
+  config.pass_length = "epoch"
+  # The official iter_size (1): the batch of an optimiser step (batch_size) in grad_accum_steps
+  # micro-batches whose gradients are summed with weights (real clips of each) / (real clips of
+  # all). Official batch B with iter_size k = batch_size B * k with grad_accum_steps k.
+  config.train.grad_accum_steps = 1
   config.data = sources.data_config(
       name="ucf101", config="split1", data_dir="~/tensorflow_datasets", resize_size=0,
       num_workers=8,
@@ -459,8 +546,13 @@ def base_config() -> ml_collections.ConfigDict:
                                               b2=0.999, eps=1e-8)))
 
   config.teacher = net_block("i3d", 40)
-  config.teacher.checkpoint = ""
+  config.teacher.checkpoint = ""  # converted rgb_imagenet.pt, or BDNet_teacher (+ attention head)
+  config.teacher.cvae_checkpoint = ""  # converted CVAE_teacher: the phase-1 CVAE starts from it
   config.student = net_block("top_i3d", 200)
+  # Converted official student weights (BDNet_student: backbone + attention head; CVAE_student),
+  # e.g. to evaluate or fine-tune the released student; empty: from the common initialisation.
+  config.student.checkpoint = ""
+  config.student.cvae_checkpoint = ""
   config.attention = ml_collections.ConfigDict(dict(tap="Mixed_5c",
                                                     kwargs=ml_collections.ConfigDict()))
   config.loss = ml_collections.ConfigDict(dict(

@@ -95,16 +95,13 @@ class Data:
     if split is not None:  # an entry of config.splits; the run's config keeps its own split
       dcfg = dcfg.copy_and_resolve_references()
       dcfg.config = f"split{split}"
-    self.streams = streams.open_streams(dcfg, "compressed", num_segments=int(dcfg.eval_segments))
+    self.streams = streams.open_streams(
+        dcfg, "compressed", num_segments=int(dcfg.eval_segments),
+        holdout=float(dcfg.holdout) if config.selection == "best_val" else 0.0)
     opened = self.streams.opened
     self.sources = {"train": opened.train, "test": opened.eval}
-    if config.selection == "best_val":  # select on held-out training videos, never on test
-      from kd_jax.data import holdout  # pylint: disable=g-import-not-at-top
-      self.sources["train"], self.sources["val"] = holdout.split_holdout(
-          opened.train, float(dcfg.holdout))
-      self.streams = dataclasses.replace(
-          self.streams, opened=opened._replace(train=self.sources["train"]),
-          val=self.sources["val"])
+    if self.streams.val is not None:  # select on held-out training videos, never on test
+      self.sources["val"] = self.streams.val
     self.name = opened.name
     self.num_classes = len(opened.class_names)
     self._cache: dict[Any, dict[str, np.ndarray]] = {}
@@ -146,7 +143,8 @@ class Data:
       arrays = self._decode_all("train", full, train=True, views=int(self.cfg.cache_views))
       arrays = {k: v for k, v in arrays.items() if k in spec.modalities or k == "label"}
       return train.train_batches(arrays, global_batch_size=global_batch,
-                                 per_host_batch_size=per_host, seed=seed)
+                                 per_host_batch_size=per_host, seed=seed,
+                                 order=self.pipeline.train_order(spec))
     return self.streams.train(per_host, seed=seed, spec=spec)
 
   def val_batches(self, spec, *, global_batch: int
@@ -333,8 +331,8 @@ def ic_stage(config, data: Data, group: Sequence[Network], all_nets: dict[str, N
   crop = ic.train_crop_size or config.data.crop_size
   train_spec = data.spec(segments=config.data.train_segments,
                          sampling=config.data.ic_train_sampling, crop=crop, modalities=modalities)
-  eval_spec = data.spec(segments=config.data.eval_segments, sampling=config.data.eval_sampling,
-                        modalities=list(nets))
+  eval_spec = data.spec(segments=config.data.eval_segments,
+                        sampling=config.data.ic_eval_sampling, modalities=list(nets))
   every = int(ic.eval_every_epochs)
   return train.Stage(
       name=name, init_fn=init_fn, loss_fn=loss_fn, optimizer=opt, num_steps=epochs * spe,
@@ -437,7 +435,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path, split: int |
   # 4. WISE.
   t0 = time.monotonic()
   costs = exit_costs(config, nets, data.num_classes)
-  wise = run_wise(config, logits, costs)
+  wise = run_wise(config, logits, costs, split=split)
   timing["wise_s"] = time.monotonic() - t0
 
   # Per-network and per-IC accuracies (best and last evaluation of each stage).

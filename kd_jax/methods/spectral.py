@@ -215,7 +215,7 @@ def load_data(config: ml_collections.ConfigDict) -> streams.Streams:
   from kd_jax.data import streams  # pylint: disable=g-import-not-at-top,redefined-outer-name
   dcfg = config.data
   sized = dcfg.name == "synthetic_actions" and dcfg.config not in ("default", "tiny")
-  return streams.open_streams(dcfg, "rgb_segments", sized=sized,
+  return streams.open_streams(dcfg, "rgb_segments", sized=sized, holdout=_common.holdout(config),
                               num_segments=int(dcfg.num_segments))
 
 
@@ -264,7 +264,8 @@ def teacher_stage(setup: Setup, eval_batches: EvalBatches) -> train.Stage:
   return train.Stage(name="teacher", init_fn=init_fn, loss_fn=loss_fn,
                      optimizer=_optimizer(cfg.optimizer), num_steps=cfg.num_steps,
                      global_batch_size=cfg.batch_size, train_data=_train_data(setup),
-                     eval_fn=eval_fn, eval_data=eval_batches, eval_every=cfg.eval_every)
+                     eval_fn=eval_fn, eval_data=eval_batches, eval_every=cfg.eval_every,
+                     val_data=_common.val_batches(setup.data))
 
 
 def student_objective(setup: Setup, *, need_teacher: bool, mutual: bool):
@@ -372,7 +373,8 @@ def student_stage(setup: Setup, entry: Entry, teacher_vars: Mapping[str, Any],
   stage = train.Stage(name=entry.stage_name, init_fn=init_fn, loss_fn=loss_fn, optimizer=opt,
                       num_steps=cfg.num_steps, global_batch_size=cfg.batch_size,
                       train_data=_train_data(setup), frozen=frozen, eval_fn=eval_fn,
-                      eval_data=eval_batches, eval_every=cfg.eval_every)
+                      eval_data=eval_batches, eval_every=cfg.eval_every,
+                      val_data=_common.val_batches(setup.data))
   return stage, init_fn
 
 

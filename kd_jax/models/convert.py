@@ -1,31 +1,56 @@
-"""Import PyTorch weights (torchvision ResNet, CoViAR / TSM checkpoints, pytorch-i3d) into kd_jax.
+"""Import PyTorch weights (torchvision ResNet, CoViAR / TSM / PKD checkpoints, pytorch-i3d, GenKD).
 
-    python -m kd_jax.models.convert SRC DST --model NAME [--kwargs JSON] [--prefix P]
+    python -m kd_jax.models.convert SRC DST [--model NAME] [--kwargs JSON] [--prefix P]
                                     [--allow-unexpected] [--force]
 
-reads a state dict (`.pt` / `.pth` / `.pth.tar` through `torch.load(..., weights_only=True)`, never
-unrestricted unpickling; or `.safetensors`), maps it onto the Flax variables of model NAME and
-writes an orbax checkpoint at DST with two items: `variables`
-(`{"params": ..., "batch_stats": ...}`) and `meta` (`{"model": NAME, "model_kwargs": {...},
-"source": SRC}`). `load_converted(DST)` reads it
-back, and `kd_jax.models.get(meta["model"], **meta["model_kwargs"])` rebuilds the matching module.
+reads a state dict (`.pt` / `.pth` / `.pth.tar` / `.ckpt` through `torch.load(...,
+weights_only=True)`, never unrestricted unpickling; or `.safetensors`), maps it onto the Flax
+variables of model NAME (inferred from the keys when `--model` is not given) and writes an orbax
+checkpoint at DST with the items `variables` (`{"params": ..., "batch_stats": ...}`), `meta`
+(`{"model": NAME, "model_kwargs": {...}, "source": SRC, "input_shapes": ..., "parts": {...},
+"notes": [...]}`) and one `part_<name>` per extra module. `load_converted(DST)` reads it back, and
+`kd_jax.models.get(meta["model"], **meta["model_kwargs"])` rebuilds the matching module.
 
 Names. Flax module paths map to PyTorch module paths by joining with "." after three renames:
 `layerX_Y` -> `layerX.Y`, `downsample_conv` -> `downsample.0`, `downsample_bn` -> `downsample.1`
 (the I3D modules carry pytorch-i3d's names already). Leaves: `kernel` / `scale` -> `weight`,
 `bias` -> `bias`, `batch_stats/mean` -> `running_mean`, `batch_stats/var` -> `running_var`;
 `num_batches_tracked` has no counterpart and is ignored. Kernels are transposed from PyTorch's
-`[out, in, *k]` to Flax's `[*k, in, out]`, linear weights from `[out, in]` to `[in, out]`.
+`[out, in, *k]` to Flax's `[*k, in, out]` (a `ConvTranspose3d`'s `[in, out, *k]` by the same rule,
+see `generative_attention`), linear weights from `[out, in]` to `[in, out]`.
 
 Checkpoint wrappers are unwrapped: a dict holding `state_dict` (CoViAR / PKD / TSM `.pth.tar`),
-the `module.` prefix of DataParallel, CoViAR's and TSM's `base_model.`, GenKD's `backbone._model.`,
-TSM's shift wrapper (`conv1.net.weight` -> `conv1.weight`) and its `new_fc` (-> `fc`).
+the `module.` prefix of DataParallel, CoViAR's and TSM's `base_model.`, PKD's `net.` (the
+`IC_Model` wrapper of a CoViAR model), GenKD's `backbone._model.`, TSM's shift wrapper
+(`conv1.net.weight` -> `conv1.weight`) and its `new_fc` (-> `fc`).
+
+Official layouts that convert in one command (the model inferred, no `--prefix`, no
+`--allow-unexpected`):
+
+* PKD's IC checkpoints (`train_freeze_backbone_IC_*.py` save `DataParallel(IC_Model)`:
+  `module.net.base_model.*`, `module.net.data_bn.*`, `module.IC{k}_features.{0,1}.*`,
+  `module.IC{k}_classifier.*`): the backbone (`resnet18` with 2-channel MV or 3-channel residual
+  input and `data_bn`, or `resnet50` for the I-frame) with the part `ic_heads`
+  (`IC{k}_features.0` -> `ic{k}/conv`, `IC{k}_features.1` -> `ic{k}/bn`, `IC{k}_classifier` ->
+  `ic{k}/fc`).
+* GenKD's `BDNet_teacher` / `BDNet_student` state dicts (`backbone._model.*` = pytorch-i3d names,
+  `deconv1.*`, `Att_Head_5c.*`): `i3d` / `top_i3d` with the part `attention_head`
+  (`generative_attention(part="attention")`; names in `kd_jax.models.generative_attention`).
+* GenKD's `CVAE_teacher` / `CVAE_student` state dicts (`cencoder.*`, `cdecoder.*`):
+  `generative_attention(part="cvae")`.
+
+Branches that exist in those modules but that recognition never runs are recognised by name,
+dropped, and reported in `Converted.notes` (and by the CLI): the 832-channel (`Mixed_4f`) CVAE
+`cencoder_832.*` / `cdecoder_832.*`, and the `Mixed_4f` attention branch `deconv2.*` /
+`Att_Head_4f.*` of GenKD's detection BDNet. Any other entry without a place is an error.
 
 What the checkpoint decides (unless given in `--kwargs`): ResNet `num_classes` (fc rows),
 `in_channels` (conv1 input channels: 2 for CoViAR's motion-vector net) and `input_norm` (whether
-a `data_bn` is present); I3D `num_classes`. Everything else (width, depth) comes from the builder's
-defaults or `--kwargs`, so a checkpoint of another depth fails with the list of differing keys
-instead of converting silently into something else.
+a `data_bn` is present); I3D `num_classes`; IC heads `backbone` (the checkpoint's network),
+`num_classes` and `width`; attention head `hidden_channels`, and every feature size of the
+attention head and the CVAE (from their kernels). Everything else (width, depth) comes from the
+builder's defaults or `--kwargs`, so a checkpoint of another depth fails with the list of
+differing keys instead of converting silently into something else.
 """
 
 import argparse
@@ -34,6 +59,7 @@ import json
 import os
 import re
 import sys
+import types
 from typing import Any, NamedTuple
 
 import flax
@@ -44,8 +70,46 @@ import numpy as np
 from kd_jax import models
 
 # Prefixes stripped from every key that has them, in this order, repeatedly.
-_PREFIXES = ("module.", "base_model.", "backbone._model.")
+_PREFIXES = ("module.", "net.", "base_model.", "backbone._model.")
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
+
+# Entries of official checkpoints that belong to branches recognition never runs: dropped with a
+# note (pattern on the normalised key -> what it is).
+UNUSED_BRANCHES = (
+    (re.compile(r"(cencoder_832|cdecoder_832)\."),
+     "GenKD's 832-channel (Mixed_4f) CVAE branch, built but never used by recognition"),
+    (re.compile(r"(deconv2|Att_Head_4f)\."),
+     "GenKD's Mixed_4f attention branch (detection only)"),
+)
+
+# Extra modules of a checkpoint besides its main network: part name -> (key pattern, model name,
+# fixed builder arguments).
+PARTS = {
+    "ic_heads": (re.compile(r"IC\d+_(features|classifier)\."), "ic_heads", {}),
+    "attention_head": (re.compile(r"(deconv1|Att_Head_5c)\."), "generative_attention",
+                       {"part": "attention"}),
+    "cvae": (re.compile(r"(cencoder|cdecoder)\."), "generative_attention", {"part": "cvae"}),
+}
+
+# PyTorch module names of the official IC heads and GenKD modules -> the Flax module names in the
+# same dotted form (then mapped by `torch_key` like any other model).
+_RENAMES = (
+    (re.compile(r"^IC(\d+)_features\.0\."), r"ic\1.conv."),
+    (re.compile(r"^IC(\d+)_features\.1\."), r"ic\1.bn."),
+    (re.compile(r"^IC(\d+)_classifier\."), r"ic\1.fc."),
+    (re.compile(r"^deconv1\.0\."), "attention_head.conv3d."),
+    (re.compile(r"^deconv1\.1\."), "attention_head.gn3d."),
+    (re.compile(r"^Att_Head_5c\.0\.conv1d\."), "attention_head.conv1d."),
+    (re.compile(r"^Att_Head_5c\.1\."), "attention_head.gn1d."),
+    (re.compile(r"^Att_Head_5c\.3\."), "attention_head.linear."),
+    (re.compile(r"^cencoder\.con1\.0\."), "cvae.encoder.conv3d."),
+    (re.compile(r"^cencoder\.con1\.1\."), "cvae.encoder.gn."),
+    (re.compile(r"^cencoder\.(fc\d)\."), r"cvae.encoder.\1."),
+    (re.compile(r"^cdecoder\.(fc\d)\."), r"cvae.decoder.\1."),
+    (re.compile(r"^cdecoder\.deconv\.0\."), "cvae.decoder.deconv3d."),
+    (re.compile(r"^cdecoder\.deconv\.1\."), "cvae.decoder.gn."),
+)
+_NO_PARTS: Mapping[str, Any] = types.MappingProxyType({})
 
 
 class ConversionError(ValueError):
@@ -53,11 +117,24 @@ class ConversionError(ValueError):
 
 
 class Converted(NamedTuple):
-  """A converted checkpoint: Flax variables plus what is needed to rebuild the model."""
+  """A converted checkpoint: Flax variables plus what is needed to rebuild the model.
+
+  Attributes:
+    variables: `{"params": ..., "batch_stats": ...}` of the main model.
+    model_name: its registered name.
+    model_kwargs: its builder arguments.
+    parts: other modules of the same checkpoint by part name (`"ic_heads"`, `"attention_head"`,
+      `"cvae"`), each a `Converted` itself.
+    notes: what was dropped on purpose (unused official branches).
+    input_shapes: the example inputs the variables were traced with (rebuilds their shapes).
+  """
 
   variables: dict[str, Any]
   model_name: str
   model_kwargs: dict[str, Any]
+  parts: Mapping[str, "Converted"] = _NO_PARTS
+  notes: tuple[str, ...] = ()
+  input_shapes: Any = None
 
   def build(self) -> Any:
     """The linen module these variables belong to."""
@@ -68,7 +145,7 @@ class Converted(NamedTuple):
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a PyTorch state dict (`.pt`, `.pth`, `.pth.tar`, `.safetensors`) as float32 numpy arrays.
+  """Reads a PyTorch state dict (`.pt`, `.pth`, `.pth.tar`, `.ckpt`, `.safetensors`) as float32.
 
   `.safetensors` needs the `safetensors` package; everything else needs `torch`, which is loaded
   with `weights_only=True` (plain tensors and containers only, no arbitrary code).
@@ -108,6 +185,16 @@ def state_dict_to_numpy(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return out
 
 
+def _strip_prefixes(key: str) -> str:
+  changed = True
+  while changed:
+    changed = False
+    for p in _PREFIXES:
+      if key.startswith(p):
+        key, changed = key[len(p):], True
+  return key
+
+
 def normalize_keys(state_dict: Mapping[str, np.ndarray],
                    prefix: str | None = None) -> dict[str, np.ndarray]:
   """Strips wrapper prefixes and TSM renames; with `prefix`, keeps only the keys under it."""
@@ -119,19 +206,60 @@ def normalize_keys(state_dict: Mapping[str, np.ndarray],
       if not key.startswith(prefix):
         continue
       key = key[len(prefix):]
-    changed = True
-    while changed:
-      changed = False
-      for p in _PREFIXES:
-        if key.startswith(p):
-          key, changed = key[len(p):], True
-    key = key.replace(".net.", ".")
+    key = _strip_prefixes(key).replace(".net.", ".")
     if key.startswith("new_fc."):
       key = "fc." + key[len("new_fc."):]
     if key in out:
       raise ConversionError(f"two checkpoint entries map to the same name {key!r}")
     out[key] = value
   return out
+
+
+def drop_unused_branches(state_dict: Mapping[str, np.ndarray]
+                         ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+  """Removes the entries of `UNUSED_BRANCHES` from a normalised state dict; returns the notes."""
+  kept, dropped = {}, {}
+  for key, value in state_dict.items():
+    for pattern, what in UNUSED_BRANCHES:
+      if pattern.match(key):
+        dropped.setdefault(what, []).append(key)
+        break
+    else:
+      kept[key] = value
+  notes = tuple(
+      f"skipped {len(keys)} entries "
+      f"({', '.join(sorted({k.split('.')[0] + '.*' for k in keys}))}): "
+      f"{what}" for what, keys in dropped.items())
+  return kept, notes
+
+
+def infer_model(state_dict: Mapping[str, np.ndarray]) -> str:
+  """The model a PyTorch state dict holds, from its key names (as saved, before normalising).
+
+  I3D / Top-heavy I3D by the temporal size of `Conv3d_1a_7x7`'s kernel (7 or 1); ResNet-18 / -50
+  by BasicBlock / Bottleneck, TSM when TSM's shift wrappers or `new_fc` are there; a GenKD CVAE
+  or attention head alone is `generative_attention`, PKD IC heads alone `ic_heads`.
+
+  Raises:
+    ConversionError: nothing known in the keys.
+  """
+  keys = {_strip_prefixes(k) for k in state_dict}
+  sd = normalize_keys(state_dict)
+  stem = sd.get("Conv3d_1a_7x7.conv3d.weight")
+  if stem is not None:
+    return "i3d" if np.ndim(stem) == 5 and np.shape(stem)[2] > 1 else "top_i3d"
+  if "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd):
+    depth = "resnet50" if "layer1.0.conv3.weight" in sd else "resnet18"
+    tsm = any(".net." in k or k.startswith("new_fc.") for k in keys)
+    return "tsm_" + depth if tsm else depth
+  names = set(sd)
+  if any(PARTS["attention_head"][0].match(k) or PARTS["cvae"][0].match(k) for k in names):
+    return "generative_attention"
+  if any(PARTS["ic_heads"][0].match(k) for k in names):
+    return "ic_heads"
+  raise ConversionError(
+      "cannot tell the model from the checkpoint's names (e.g. "
+      f"{', '.join(sorted(state_dict)[:3])}); pass --model ({', '.join(sorted(SPECS))})")
 
 
 # ----------------------------------------------------------------------------- mapping
@@ -179,9 +307,33 @@ def torch_to_flax(value: np.ndarray, leaf: str) -> np.ndarray:
   return value
 
 
+def rename_official(key: str) -> str:
+  """Official PKD IC / GenKD module names -> the Flax names in dotted form (others unchanged)."""
+  for pattern, repl in _RENAMES:
+    new = pattern.sub(repl, key, count=1)
+    if new != key:
+      return new
+  return key
+
+
+def _plain_init(model: Any, inputs: tuple[Any, ...]) -> Any:
+  return model.init(jax.random.key(0), *inputs, train=False)
+
+
 class _Spec(NamedTuple):
+  """How a model is converted.
+
+  infer: builder arguments the (normalised) state dict decides.
+  inputs: example input shapes `(sd, kwargs) -> tuple` of positional arguments, each a shape tuple
+    or a dict of shape tuples.
+  init: `(model, inputs as ShapeDtypeStructs) -> variables`.
+  rename: to apply to the state dict's keys before mapping (official module names).
+  """
+
   infer: Callable[[Mapping[str, np.ndarray]], dict[str, Any]]
-  dummy_input: Callable[[Mapping[str, np.ndarray], dict[str, Any]], tuple[int, ...]]
+  inputs: Callable[[Mapping[str, np.ndarray], dict[str, Any]], tuple[Any, ...]]
+  init: Callable[[Any, tuple[Any, ...]], Any] = _plain_init
+  rename: bool = False
 
 
 def _infer_resnet(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -206,13 +358,65 @@ def _infer_tsm(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
   return kw
 
 
-_RESNET = _Spec(_infer_resnet, lambda sd, kw: (1, 64, 64, kw.get("in_channels", 3)))
-_TSM = _Spec(_infer_tsm, lambda sd, kw: (1, 2, 64, 64, kw.get("in_channels", 3)))
+def _infer_ic_heads(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """PKD's table decides the rest: IC1 is a 7x7 conv on ResNet-18, 3x3 on ResNet-50, and has
+  64 x width / 64 channels on both."""
+  kw: dict[str, Any] = {}
+  conv = sd.get("ic1.conv.weight")
+  if conv is not None:
+    kw["backbone"] = "resnet18" if conv.shape[-1] == 7 else "resnet50"
+    kw["width"] = int(conv.shape[0])
+  if "ic1.fc.weight" in sd:
+    kw["num_classes"] = int(sd["ic1.fc.weight"].shape[0])
+  return kw
+
+
+def _ic_inputs(sd: Mapping[str, np.ndarray], kw: dict[str, Any]) -> tuple[Any, ...]:
+  from kd_jax.models import ic_head  # pylint: disable=g-import-not-at-top
+  width = kw.get("width", 8 if kw.get("tiny") else 64)
+  factor = 4 if kw.get("backbone") == "resnet50" else 1
+  # The taps' channels: width x 2^i x expansion; 16x16 fits every IC conv (7x7, padding 1).
+  taps = {t: (1, 16, 16, width * 2**i * factor) for i, t in enumerate(ic_head.IC_TAPS)}
+  return (taps,)
+
+
+def _infer_attention(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  head = any(k.startswith("attention_head.") for k in sd)
+  cvae = any(k.startswith("cvae.") for k in sd)
+  kw: dict[str, Any] = {"part": "both" if head and cvae else ("cvae" if cvae else "attention")}
+  if "attention_head.conv3d.weight" in sd:
+    kw["hidden_channels"] = int(sd["attention_head.conv3d.weight"].shape[0])
+  return kw
+
+
+def _attention_inputs(sd: Mapping[str, np.ndarray], kw: dict[str, Any]) -> tuple[Any, ...]:
+  """The feature map `[1, T, H, W, C]` the kernels were made for (Mixed_5c's 8x7x7x1024 when the
+  state dict does not say): C and (H, W) from the (1, H, W) convs, T from the head's Linear."""
+  t, h, w, c = 8, 7, 7, 1024
+  conv = sd.get("attention_head.conv3d.weight", sd.get("cvae.encoder.conv3d.weight"))
+  if conv is not None:  # [out, C, 1, H, W]
+    c, h, w = int(conv.shape[1]), int(conv.shape[3]), int(conv.shape[4])
+  if "attention_head.linear.weight" in sd:
+    t = int(sd["attention_head.linear.weight"].shape[0])
+  feats = (1, t, h, w, c)
+  return (feats, (1, t, c)) if kw.get("part") == "cvae" else (feats,)
+
+
+def _attention_init(model: Any, inputs: tuple[Any, ...]) -> Any:
+  from kd_jax.models import generative_attention  # pylint: disable=g-import-not-at-top
+  rngs = {"params": jax.random.key(0), "reparam": jax.random.key(1)}
+  if isinstance(model, generative_attention.AttentionHead):
+    return model.init(rngs, *inputs)
+  return model.init(rngs, *inputs, mode="posterior")  # 'posterior' creates every CVAE parameter
+
+
+_RESNET = _Spec(_infer_resnet, lambda sd, kw: ((1, 64, 64, kw.get("in_channels", 3)),))
+_TSM = _Spec(_infer_tsm, lambda sd, kw: ((1, 2, 64, 64, kw.get("in_channels", 3)),))
 _I3D = _Spec(
     _infer_i3d,
-    lambda sd, kw: (1, 16, 224, 224,
-                    int(sd["Conv3d_1a_7x7.conv3d.weight"].shape[1])
-                    if "Conv3d_1a_7x7.conv3d.weight" in sd else 3))
+    lambda sd, kw: ((1, 16, 224, 224,
+                     int(sd["Conv3d_1a_7x7.conv3d.weight"].shape[1])
+                     if "Conv3d_1a_7x7.conv3d.weight" in sd else 3),))
 SPECS: dict[str, _Spec] = {
     "resnet18": _RESNET,
     "resnet50": _RESNET,
@@ -220,7 +424,19 @@ SPECS: dict[str, _Spec] = {
     "tsm_resnet50": _TSM,
     "i3d": _I3D,
     "top_i3d": _I3D,
+    "ic_heads": _Spec(_infer_ic_heads, _ic_inputs, rename=True),
+    "generative_attention": _Spec(_infer_attention, _attention_inputs, _attention_init,
+                                  rename=True),
 }
+
+
+def _structs(inputs: Any) -> Any:
+  """Shape tuples (or lists, after JSON) -> float32 `ShapeDtypeStruct`s, dicts kept."""
+  if isinstance(inputs, Mapping):
+    return {k: _structs(v) for k, v in inputs.items()}
+  if isinstance(inputs, (list, tuple)) and all(isinstance(d, int) for d in inputs):
+    return jax.ShapeDtypeStruct(tuple(inputs), jnp.float32)
+  return tuple(_structs(v) for v in inputs)
 
 
 def abstract_variables(model: Any, input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -229,45 +445,105 @@ def abstract_variables(model: Any, input_shape: tuple[int, ...]) -> dict[str, An
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
 
 
+def _abstract(spec: _Spec, model: Any, inputs: tuple[Any, ...]) -> dict[str, Any]:
+  return jax.eval_shape(lambda *a: spec.init(model, a), *_structs(inputs))
+
+
 def _listing(title: str, items: list[str], limit: int = 40) -> str:
   shown = items[:limit] + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
   return f"{title} ({len(items)}):\n" + "\n".join(f"    {s}" for s in shown)
 
 
+def _split_parts(sd: Mapping[str, np.ndarray], model_name: str
+                 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+  """The main model's entries and those of each recognised extra module (`PARTS`)."""
+  main: dict[str, np.ndarray] = {}
+  parts: dict[str, dict[str, np.ndarray]] = {}
+  for key, value in sd.items():
+    for name, (pattern, part_model, _) in PARTS.items():
+      if part_model != model_name and pattern.match(key):
+        parts.setdefault(name, {})[key] = value
+        break
+    else:
+      main[key] = value
+  return main, parts
+
+
+def _unnest_key(key: str, part: str) -> str:
+  """The name in `generative_attention(part=...)`: a half built alone is the top-level module."""
+  top = {"attention": "attention_head.", "cvae": "cvae."}.get(part)
+  return key[len(top):] if top is not None and key.startswith(top) else key
+
+
+def _convert_one(sd: Mapping[str, np.ndarray], model_name: str, model_kwargs: Mapping[str, Any],
+                 *, allow_unexpected: bool, what: str = "") -> Converted:
+  spec = SPECS[model_name]
+  original = {k: k for k in sd}
+  if spec.rename:
+    original = {rename_official(k): k for k in sd}
+    sd = {rename_official(k): v for k, v in sd.items()}
+  kwargs = {**spec.infer(sd), **model_kwargs}
+  inputs = spec.inputs(sd, kwargs)
+  if model_name == "generative_attention":
+    part = kwargs.get("part", "both")
+    original = {_unnest_key(k, part): v for k, v in original.items()}
+    sd = {_unnest_key(k, part): v for k, v in sd.items()}
+  try:
+    model = models.get(model_name, **kwargs)
+  except ValueError as e:
+    raise ConversionError(f"cannot build {what}{model_name}: {e}") from None
+  abstract = _abstract(spec, model, inputs)
+  variables = map_state_dict(sd, abstract, allow_unexpected=allow_unexpected,
+                             what=f"{what}{model_name}({_kwargs_str(kwargs)})", names=original)
+  return Converted(variables, model_name, _jsonable(kwargs), input_shapes=_json_shapes(inputs))
+
+
 def convert_state_dict(
     state_dict: Mapping[str, Any],
-    model_name: str,
+    model_name: str | None = None,
     *,
     prefix: str | None = None,
     allow_unexpected: bool = False,
     **model_kwargs: Any,
 ) -> Converted:
-  """Maps a PyTorch state dict onto the Flax variables of `model_name`.
+  """Maps a PyTorch state dict onto the Flax variables of `model_name` (and its extra parts).
 
   Args:
     state_dict: names to tensors or arrays (a `{"state_dict": ...}` checkpoint is unwrapped).
-    model_name: a registered model with a known mapping (see `SPECS`).
+    model_name: a registered model with a known mapping (see `SPECS`); None infers it from the
+      names (`infer_model`).
     prefix: keep only the keys under this prefix (e.g. a sub-network of a larger checkpoint).
     allow_unexpected: ignore checkpoint entries the model has no place for (e.g. an auxiliary head).
-    **model_kwargs: builder arguments; they override what is inferred from the checkpoint.
+    **model_kwargs: builder arguments of the main model; they override what is inferred.
 
   Returns:
-    A `Converted` with float32 numpy variables.
+    A `Converted` with float32 numpy variables; the PKD IC heads, a GenKD attention head or CVAE
+    found beside the main network come as `parts` (see the module docstring), branches
+    recognition never uses are dropped and named in `notes`.
 
   Raises:
     ConversionError: listing every missing key, unexpected key and shape mismatch at once.
   """
-  if model_name not in SPECS:
+  if model_name is not None and model_name not in SPECS:
     raise ValueError(
         f"no PyTorch mapping for model {model_name!r}; convertible: {', '.join(sorted(SPECS))}")
-  spec = SPECS[model_name]
-  sd = normalize_keys(state_dict_to_numpy(state_dict), prefix)
-  kwargs = {**spec.infer(sd), **model_kwargs}
-  model = models.get(model_name, **kwargs)
-  abstract = abstract_variables(model, spec.dummy_input(sd, kwargs))
-  variables = map_state_dict(sd, abstract, allow_unexpected=allow_unexpected,
-                             what=f"{model_name}({_kwargs_str(kwargs)})")
-  return Converted(variables, model_name, _jsonable(kwargs))
+  raw = state_dict_to_numpy(state_dict)
+  sd, notes = drop_unused_branches(normalize_keys(raw, prefix))
+  if model_name is None:
+    model_name = infer_model(
+        raw if prefix is None else {k[len(prefix):]: v for k, v in raw.items()
+                                    if k.startswith(prefix)})
+  main_sd, part_sds = _split_parts(sd, model_name)
+  main = _convert_one(main_sd, model_name, model_kwargs, allow_unexpected=allow_unexpected)
+  parts = {}
+  for name, psd in part_sds.items():
+    _, part_model, fixed = PARTS[name]
+    kw = dict(fixed)
+    if name == "ic_heads" and model_name in ("resnet18", "resnet50"):
+      kw["backbone"] = model_name  # the heads must fit the taps of this network
+    parts[name] = _convert_one(psd, part_model, kw, allow_unexpected=False,
+                               what=f"part {name!r}: ")
+  return main._replace(parts=types.MappingProxyType(parts), notes=notes)
 
 
 def map_state_dict(
@@ -276,13 +552,16 @@ def map_state_dict(
     *,
     allow_unexpected: bool = False,
     what: str = "the model",
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
   """Fills the variable tree `abstract` (shapes only) from a normalised PyTorch state dict.
 
   Works for any module whose Flax names follow the PyTorch names (see the module docstring), e.g.
   a single block in a test. Raises one `ConversionError` listing all missing / unexpected keys and
-  shape mismatches.
+  shape mismatches; `names` maps renamed keys back to the checkpoint's own for that message.
   """
+  names = names or {}
+  shown = lambda k: names.get(k, k)  # noqa: E731
   flat: dict[tuple[str, ...], np.ndarray] = {}
   used, missing, mismatched = set(), [], []
   for path, leaf in flax.traverse_util.flatten_dict(abstract).items():
@@ -294,11 +573,12 @@ def map_state_dict(
     used.add(key)
     value = torch_to_flax(np.asarray(state_dict[key], np.float32), sub[-1])
     if value.shape != tuple(leaf.shape):
-      mismatched.append(f"{key}: checkpoint {tuple(state_dict[key].shape)} -> {tuple(value.shape)}"
+      mismatched.append(f"{shown(key)}: checkpoint {tuple(state_dict[key].shape)} -> "
+                        f"{tuple(value.shape)}"
                         f" in Flax layout, model wants {tuple(leaf.shape)} at {'/'.join(path)}")
       continue
     flat[path] = np.ascontiguousarray(value, dtype=np.float32)
-  unexpected = sorted(set(state_dict) - used)
+  unexpected = sorted(shown(k) for k in set(state_dict) - used)
 
   problems = []
   if missing:
@@ -329,27 +609,53 @@ def _jsonable(kwargs: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _json_shapes(inputs: Any) -> Any:
+  if isinstance(inputs, Mapping):
+    return {k: _json_shapes(v) for k, v in inputs.items()}
+  return [_json_shapes(v) if isinstance(v, (list, tuple, Mapping)) else int(v) for v in inputs]
+
+
 # ----------------------------------------------------------------------------- checkpoints
+
+
+def _meta_of(converted: Converted) -> dict[str, Any]:
+  return {"model": converted.model_name, "model_kwargs": converted.model_kwargs,
+          "input_shapes": converted.input_shapes}
 
 
 def save_converted(path: str, converted: Converted, *, source: str = "",
                    force: bool = False) -> None:
-  """Writes `converted` as an orbax checkpoint (items `variables` and `meta`) at `path`."""
+  """Writes `converted` as an orbax checkpoint (items `variables`, `meta`, `part_<name>`)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   if os.path.exists(path):
     if not force:
       raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
-  meta = {"model": converted.model_name, "model_kwargs": converted.model_kwargs, "source": source}
+  meta = dict(_meta_of(converted), source=source, notes=list(converted.notes),
+              parts={n: _meta_of(p) for n, p in converted.parts.items()})
+  items = {"variables": ocp.args.StandardSave(converted.variables),
+           "meta": ocp.args.JsonSave(meta)}
+  for name, part in converted.parts.items():
+    items[f"part_{name}"] = ocp.args.StandardSave(part.variables)
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    ckptr.save(path, ocp.args.Composite(variables=ocp.args.StandardSave(converted.variables),
-                                        meta=ocp.args.JsonSave(meta)), force=force)
+    ckptr.save(path, ocp.args.Composite(**items), force=force)
+
+
+def _target(meta: Mapping[str, Any]) -> Any:
+  """The variables' shapes of a stored model, rebuilt from its meta (None: not convertible)."""
+  spec = SPECS.get(meta["model"])
+  if spec is None:
+    return None
+  model = models.get(meta["model"], **meta["model_kwargs"])
+  inputs = meta.get("input_shapes") or spec.inputs({}, meta["model_kwargs"])
+  abstract = _abstract(spec, model, inputs)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
 
 
 def load_converted(path: str) -> Converted:
   """Reads a checkpoint written by `save_converted` / the CLI; arrays come back as numpy.
 
-  The stored model is rebuilt first, so the restore checks every shape against it.
+  The stored models are rebuilt first, so the restore checks every shape against them.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
@@ -357,28 +663,44 @@ def load_converted(path: str) -> Converted:
     raise FileNotFoundError(f"{path} is not a converted kd_jax checkpoint (no 'meta' item)")
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     meta = ckptr.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    model = models.get(meta["model"], **meta["model_kwargs"])
-    spec = SPECS.get(meta["model"])
-    target = None
-    if spec is not None:
-      abstract = abstract_variables(model, spec.dummy_input({}, meta["model_kwargs"]))
-      target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
-    variables = ckptr.restore(
-        path, ocp.args.Composite(variables=ocp.args.StandardRestore(target))).variables
-  return Converted(dict(variables), meta["model"], dict(meta["model_kwargs"]))
+    part_meta = dict(meta.get("parts") or {})
+    items = {"variables": ocp.args.StandardRestore(_target(meta))}
+    for name, pm in part_meta.items():
+      items[f"part_{name}"] = ocp.args.StandardRestore(_target(pm))
+    restored = ckptr.restore(path, ocp.args.Composite(**items))
+  as_numpy = lambda tree: jax.tree.map(np.asarray, dict(tree))  # noqa: E731
+  parts = {name: Converted(as_numpy(restored[f"part_{name}"]), pm["model"],
+                           dict(pm["model_kwargs"]), input_shapes=pm.get("input_shapes"))
+           for name, pm in part_meta.items()}
+  return Converted(as_numpy(restored["variables"]), meta["model"], dict(meta["model_kwargs"]),
+                   types.MappingProxyType(parts), tuple(meta.get("notes") or ()),
+                   meta.get("input_shapes"))
+
+
+def describe(converted: Converted) -> str:
+  """One line per module: name, builder arguments, parameter count."""
+
+  def line(label: str, c: Converted) -> str:
+    n = sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(c.variables.get("params", {})))
+    return f"{label}{c.model_name}({_kwargs_str(c.model_kwargs)}), {n:,} parameters"
+
+  lines = [line("", converted)]
+  lines += [line(f"  + part {name}: ", p) for name, p in converted.parts.items()]
+  return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> int:
-  """`python -m kd_jax.models.convert SRC DST --model NAME`."""
+  """`python -m kd_jax.models.convert SRC DST [--model NAME]`."""
   parser = argparse.ArgumentParser(
       prog="python -m kd_jax.models.convert",
       description="Convert a PyTorch state dict into a kd_jax orbax checkpoint.")
-  parser.add_argument("src", help=".pt / .pth / .pth.tar / .safetensors file")
+  parser.add_argument("src", help=".pt / .pth / .pth.tar / .ckpt / .safetensors file")
   parser.add_argument("dst", help="output checkpoint directory")
-  parser.add_argument("--model", required=True, choices=sorted(SPECS))
+  parser.add_argument("--model", default=None, choices=sorted(SPECS),
+                      help="the main network (default: inferred from the checkpoint's names)")
   parser.add_argument("--kwargs", default="{}",
                       help='builder arguments as JSON, e.g. \'{"num_classes": 101}\'')
   parser.add_argument("--prefix", default=None, help="use only the keys under this prefix")
@@ -396,8 +718,9 @@ def main(argv: list[str] | None = None) -> int:
   except (OSError, ImportError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(converted.variables["params"]))
-  print(f"wrote {args.dst}: {args.model}({_kwargs_str(converted.model_kwargs)}), {n:,} parameters")
+  for note in converted.notes:
+    print(f"note: {note}")
+  print(f"wrote {args.dst}: {describe(converted)}")
   return 0
 
 

@@ -1,14 +1,32 @@
 """Multiply-accumulate (MAC) counts of kd_jax models, for WISE's cost model and reports.
 
 `count_macs` traces the model's inference forward pass on abstract shapes (`jax.make_jaxpr`, no
-compilation, no arithmetic) and adds up the MACs of every convolution and matrix product that
-contributes to the requested output: `conv_general_dilated` costs output elements x kernel window
-x input channels per group, `dot_general` output elements x contracted size. Elementwise work
-(BatchNorm, ReLU, residual adds) and pooling reductions are not counted, which is the convention of
-the usual MAC counters (thop, ptflops' conv/linear part) and of published GMAC figures: ResNet-18
-1.82 GMACs, ResNet-50 4.09 GMACs at 224x224. Asking for a tap instead of the logits counts only
+compilation, no arithmetic) and adds up the MACs of every convolution and matrix product of the
+input with a learned or input-dependent operand that contributes to the requested output:
+`conv_general_dilated` costs output elements x kernel window x input channels per group,
+`dot_general` output elements x contracted size. Elementwise work (BatchNorm, ReLU, residual adds)
+and pooling are not counted, which is the convention of the usual MAC counters' conv/linear part
+(thop, ptflops) and of published GMAC figures: ResNet-18 1.82 GMACs, ResNet-50 4.09 GMACs at
+224x224. Pooling written as a product with a constant matrix (the IC heads' exact PyTorch
+adaptive average pool, `ic_head.adaptive_avg_pool`, two einsums with fixed averaging matrices) is
+pooling too: a product whose operand is a constant of the traced program (it depends on neither
+the input nor the parameters) is a fixed linear map and is not counted. Counted as einsums, the
+adaptive pools of PKD's three IC heads would add 1,462,272 MACs on ResNet-18 and 2,809,856 on
+ResNet-50 at 224x224 (< 0.1 % of any exit). Asking for a tap instead of the logits counts only
 the computation that tap depends on (dead-code elimination on the traced program), which is what
 an early exit costs.
+
+Which convention PKD's hard-coded per-exit GMACs follow (pkd_wise.md section 5.5): ptflops's full
+count, not this one. The official repository counts with ptflops (`TEAM_NET_Backbone/MACs/main.py`
+calls `get_model_complexity_info`), which adds to the conv/linear MACs one operation per element
+for BatchNorm (two, affine), ReLU and every pooling layer (its input elements, adaptive pools
+included) and the linear biases. That full count of the 2-channel ResNet-18 with a 7x7 IC2
+(1.0902 / 1.9655 / 2.4935 / 2.9049 G, units of 1e9) rounds to the table's "R" row 1.09 / 1.97 /
+2.49 / 2.90 where the conv/linear MACs alone (1.084 / 1.958 / 2.485 / 2.896) do not
+(`tests/test_macs.py`). So the paper's table counts the adaptive pools, as ptflops does (input
+elements: 0.32 M on ResNet-18's three ICs, not the einsums' 1.46 M), together with BatchNorm and
+ReLU; those extras are 0.3-1.3 % of an exit (up to 0.035 G on ResNet-50) and are not
+multiply-accumulates, so they are left out here.
 
 `exit_macs` builds PKD's cumulative per-exit table (pkd_wise.md section 5.5): exit k (k <= 3) costs
 the backbone up to `layer{k}` plus IC heads 1..k; exit 4 (the backbone's own fc) costs the whole
@@ -57,18 +75,44 @@ def _sub_jaxprs(eqn: Any) -> list[tuple[Any, int]]:
   return subs
 
 
-def _jaxpr_macs(jaxpr: Any, live_outputs: Sequence[bool] | None = None) -> int:
-  """MACs of the equations the (selected) outputs depend on."""
+def _varying(jaxpr: Any, varying_inputs: Sequence[bool] | None) -> set[Any]:
+  """Variables that depend on the program's inputs; constvars and literals never do."""
+  flags = [True] * len(jaxpr.invars) if varying_inputs is None else list(varying_inputs)
+  varying = {v for v, f in zip(jaxpr.invars, flags) if f}
+  for eqn in jaxpr.eqns:
+    if any(isinstance(v, jax_core.Var) and v in varying for v in eqn.invars):
+      varying.update(eqn.outvars)
+  return varying
+
+
+def _sub_inputs(eqn: Any, sub: Any, varying: set[Any]) -> list[bool] | None:
+  """Which inputs of a nested program vary, where its inputs are the equation's (jit, cond)."""
+  args = eqn.invars[1:] if eqn.primitive.name == "cond" else eqn.invars
+  if eqn.primitive.name in ("scan", "while") or len(args) != len(sub.invars):
+    return None  # loop carries may start constant and vary later: treat everything as varying
+  return [isinstance(v, jax_core.Var) and v in varying for v in args]
+
+
+def _jaxpr_macs(jaxpr: Any, live_outputs: Sequence[bool] | None = None,
+                varying_inputs: Sequence[bool] | None = None) -> int:
+  """MACs of the equations the (selected) outputs depend on.
+
+  A conv or matrix product with an operand that does not vary with the inputs (a constant of the
+  traced program, such as an adaptive pool's averaging matrix) is a fixed map, not counted.
+  """
   outs = jaxpr.outvars if live_outputs is None else [
       v for v, keep in zip(jaxpr.outvars, live_outputs) if keep]
   live = {v for v in outs if isinstance(v, jax_core.Var)}
+  varying = _varying(jaxpr, varying_inputs)
   total = 0
   for eqn in reversed(jaxpr.eqns):
     if not any(v in live for v in eqn.outvars):
       continue
     live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
-    total += _shape_macs(eqn)
-    total += sum(t * _jaxpr_macs(j) for j, t in _sub_jaxprs(eqn))
+    if all(isinstance(v, jax_core.Var) and v in varying for v in eqn.invars[:2]):
+      total += _shape_macs(eqn)
+    total += sum(t * _jaxpr_macs(j, varying_inputs=_sub_inputs(eqn, j, varying))
+                 for j, t in _sub_jaxprs(eqn))
   return total
 
 

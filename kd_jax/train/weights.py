@@ -83,3 +83,23 @@ def merge_pretrained(tree: Mapping[str, Any], pretrained: Mapping[str, Any], *,
                       f"{tuple(flat[k].shape)}; {hint}")
     flat[k] = jnp.asarray(pre[k], flat[k].dtype)
   return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def mismatched_heads(tree: Mapping[str, Any], pretrained: Mapping[str, Any],
+                     names: Sequence[str]) -> tuple[str, ...]:
+  """The top-level ``names`` (classifiers) that ``pretrained`` lacks or holds in other shapes.
+
+  What ``merge_pretrained(skip=...)`` should keep fresh: a classifier of a checkpoint trained on
+  another label set (ImageNet's 1000, Kinetics' 400 classes) is replaced, one of the same shape (a
+  checkpoint fine-tuned on this dataset, e.g. PKD's IC checkpoints or GenKD's trained teacher) is
+  kept, as the official code loads it.
+  """
+  out = []
+  for name in names:
+    fresh = flax.traverse_util.flatten_dict(dict(tree.get(name, {})), sep="/")
+    pre = pretrained.get(name)
+    pre = flax.traverse_util.flatten_dict(dict(pre), sep="/") if isinstance(pre, Mapping) else {}
+    if set(fresh) != set(pre) or any(tuple(np.shape(pre[k])) != tuple(np.shape(v))
+                                     for k, v in fresh.items()):
+      out.append(name)
+  return tuple(out)
