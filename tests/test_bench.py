@@ -144,6 +144,54 @@ def test_largest_batch_search_doubles_until_out_of_memory():
   assert "| pkd_ic_r18 | bfloat16 | 128 (max) | 1280.0 |" in bench.markdown()
 
 
+def test_progress_line_says_how_many_data_workers_the_step_needs(capsys):
+  def fake_launch(spec):  # a step at 120 clips/s, a pipeline worker at 16 clips/s
+    if spec["kind"] == "pipeline":
+      return {"ok": True, "clips_per_s_per_worker": 16.0}
+    return {"ok": True, "batch": spec["batch"], "clips_per_s": 120.0, "step_s": 0.25,
+            "compile_s": 1.0}
+
+  args = run.parse_args(["--steps", "pkd_ic_r18", "--dtypes", "bfloat16", "--torch", "none"])
+  args.preset, args.warmup, args.iters = "paper", 1, 1
+  env = {"backend": "gpu", "device_kind": "NVIDIA H200", "device_count": 1, "versions": {},
+         "cpu_count": 2, "date": "today"}
+  bench = run.Bench(args, fake_launch, env)
+  bench.run()
+  (row,) = bench.rows
+  assert row["workers_needed"] == pytest.approx(120 / 16)
+  err = capsys.readouterr().err
+  assert "[jax] pkd_ic_r18 bfloat16 batch 32: 120.00 clips/s" in err
+  assert "needs 7.5 data workers at 16.0 clips/s each" in err
+  assert "| 16.00 | 7.5 |" in bench.markdown()
+
+
+def test_data_bench_measures_the_decode_bound_and_a_baseline_side_by_side(tmp_path):
+  from kd_jax.data import bench as data_bench  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import codec  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "data_bench.json"
+  assert data_bench.main(["--clips", "2", "--frames", "14", "--height", "48", "--width", "64",
+                          "--workers", "0", "--kinds", "compressed", "--batch_size", "2",
+                          "--batches", "1", "--repeats", "1", "--pipeline_repeats", "1",
+                          "--baseline", codec.__file__, "--json", str(out)]) == 0
+  r = json.loads(out.read_text())
+  # 2 clips of 14 frames, GOPs of 12: positions 1..13 of a clip decode 2..12, then 1, 2 frames.
+  assert 1 < r["frames_per_sample"] < 12
+  for k in ("wall", "cpu"):
+    assert r["decode_bound"][k] == pytest.approx(r["decode_rgb"][k] / r["frames_per_sample"])
+    assert r["sample_to_bound_ratio"][k] == pytest.approx(
+        r["sample_mv_residual"][k] / r["decode_bound"][k])
+    base = r["baseline"]
+    assert base["sample_speedup"][k] == pytest.approx(
+        r["sample_mv_residual"][k] / base["sample_mv_residual"][k])
+  pipe = base["pipeline"]["compressed/w0"]
+  mine = r["pipeline"]["compressed/w0"]
+  assert pipe["speedup"] == pytest.approx(mine["clips_per_s"] / pipe["clips_per_s"])
+  assert pipe["speedup_cpu"] == pytest.approx(mine["clips_per_cpu_s"] / pipe["clips_per_cpu_s"])
+  assert len(r["setup"]["load_average"]) == 3
+  with pytest.raises(FileNotFoundError, match="--baseline"):
+    data_bench.load_codec(str(tmp_path / "missing.py"))
+
+
 def test_size_overrides_parse_fractions():
   assert run.parse_size("crop=32, width=1/16,frames=2") == {"crop": 32, "width": 0.0625,
                                                              "frames": 2}

@@ -237,6 +237,9 @@ class Bench:
     for m, r in row["ratio"].items():
       if r is not None:
         text += f", {r:.2f}x torch {m}"
+    if row.get("workers_needed") is not None:  # on the device this step ran on
+      text += (f", needs {row['workers_needed']:.1f} data workers at "
+               f"{row['pipeline_clips_per_s_per_worker']:.1f} clips/s each")
     return text
 
   def search_max(self, step: str, dtype: str, size: sizes.StepSize,

@@ -8,20 +8,35 @@ Measures, on synthetic clips encoded like the real datasets (340 x 256 raw MPEG-
   expensive position);
 * ``sample_mv_residual``: representations/s at random P positions, the training access pattern
   (each one decodes its GOP from the I-frame);
+* ``decode_bound``: the rate decoding alone allows that access pattern, ``decode_rgb`` over the
+  mean number of frames the sampled positions decode (GOP position + 1), and
+  ``sample_to_bound_ratio``, ``sample_mv_residual / decode_bound`` (target >= 0.8);
 * ``pipeline/<kind>/w<N>``: clips/s of the full training pipeline (sampling, decoding, augmentation,
   normalisation, batching) with N grain worker processes, and per worker.
 
+``--baseline FILE`` also measures another implementation of :mod:`kd_jax.data.codec` (a copy of
+the module, e.g. ``git show REV:kd_jax/data/codec.py > /tmp/codec_old.py``) in the same run, taking
+turns with this one so that load from other processes hits both alike: its representations at
+random P positions, and the ``compressed`` pipeline in this process with its ``CompressedVideo``
+(``baseline`` in the JSON, with the speed-ups).
+
 Decode figures are best-of-N, in wall-clock and in CPU time (the one to trust on a shared machine);
-pipeline figures are wall-clock. Prints a table and the same figures as JSON (also written to
-``--json`` if given). The target is ``decode_mv_residual >= 0.5 * decode_rgb``.
+pipeline figures are wall-clock, and also CPU time without worker processes. The JSON records the
+load average before and after. Prints a table and the same figures as JSON (also written to
+``--json`` if given). Targets: ``decode_mv_residual >= 0.5 * decode_rgb``,
+``sample_to_bound_ratio >= 0.8``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
+import os
 import sys
 import time
+import types
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,9 +75,35 @@ def _best_rates(fns: dict, counts: dict, repeats: int) -> dict[str, dict[str, fl
           for name, (w, c) in best.items()}
 
 
-def bench_decode(records: list[dict], repeats: int = 3, samples: int = 64,
-                 seed: int = 0) -> dict[str, dict[str, float]]:
-  """frames/s of RGB decoding and of MV + residual decoding; representations/s at random P."""
+def load_codec(path: str) -> types.ModuleType:
+  """Another implementation of :mod:`kd_jax.data.codec` from a file (a copy of the module)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--baseline: no such file: {path}")
+  spec = importlib.util.spec_from_file_location("kd_jax_bench_baseline_codec", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there
+  spec.loader.exec_module(module)
+  return module
+
+
+@contextlib.contextmanager
+def codec_of_pipeline(module: types.ModuleType):
+  """Makes the pipeline decode with ``module.CompressedVideo`` (this process only)."""
+  saved = pipeline.codec
+  pipeline.codec = module
+  try:
+    yield
+  finally:
+    pipeline.codec = saved
+
+
+def bench_decode(records: list[dict], repeats: int = 3, samples: int = 64, seed: int = 0,
+                 baseline: types.ModuleType | None = None) -> dict[str, dict[str, float]]:
+  """frames/s of RGB decoding and of MV + residual decoding; representations/s at random P.
+
+  Also the decode bound of the random-P pattern and the ratio to it; with ``baseline`` (another
+  codec module), its representations/s at the same positions as ``sample_mv_residual_baseline``.
+  """
   videos = [codec.CompressedVideo(r["video"]) for r in records]
   frames = sum(v.num_frames for v in videos)
 
@@ -79,32 +120,55 @@ def bench_decode(records: list[dict], repeats: int = 3, samples: int = 64,
   rng = np.random.default_rng(seed)
   picks = []
   for _ in range(samples):
-    v = videos[int(rng.integers(len(videos)))]
-    picks.append((v, int(rng.integers(1, v.num_frames))))
+    k = int(rng.integers(len(videos)))
+    picks.append((k, int(rng.integers(1, videos[k].num_frames))))
+  # Frames a fresh decoder goes through for each pick: its GOP from the I-frame up to it.
+  mean_frames = float(np.mean([videos[k].gop_index(i)[1] + 1 for k, i in picks]))
 
-  def sample():
-    for v, i in picks:
-      v.representations(i)
+  def sample_with(vids):
+    def sample():
+      for k, i in picks:
+        vids[k].representations(i)
+    return sample
 
-  fns = {"decode_rgb": rgb, "decode_mv_residual": mv_residual, "sample_mv_residual": sample}
+  fns = {"decode_rgb": rgb, "decode_mv_residual": mv_residual,
+         "sample_mv_residual": sample_with(videos)}
   counts = {"decode_rgb": frames, "decode_mv_residual": frames, "sample_mv_residual": samples}
-  return _best_rates(fns, counts, repeats)
+  if baseline is not None:
+    fns["sample_mv_residual_baseline"] = sample_with(
+        [baseline.CompressedVideo(r["video"]) for r in records])
+    counts["sample_mv_residual_baseline"] = samples
+  results = _best_rates(fns, counts, repeats)
+  results["decode_bound"] = {k: results["decode_rgb"][k] / mean_frames for k in ("wall", "cpu")}
+  results["sample_to_bound_ratio"] = {
+      k: results["sample_mv_residual"][k] / results["decode_bound"][k] for k in ("wall", "cpu")}
+  results["frames_per_sample"] = mean_frames
+  return results
 
 
 def bench_pipeline(records: list[dict], spec: pipeline.ClipSpec, *, workers: int, batch_size: int,
                    batches: int) -> float:
   """clips/s of the training pipeline, after a first batch that absorbs start-up costs."""
+  return pipeline_rates(records, spec, workers=workers, batch_size=batch_size,
+                        batches=batches)["wall"]
+
+
+def pipeline_rates(records: list[dict], spec: pipeline.ClipSpec, *, workers: int, batch_size: int,
+                   batches: int) -> dict[str, float | None]:
+  """clips/s of the training pipeline per second of wall-clock and, without worker processes
+  (all decoding in this process), of this process's CPU time (None with workers)."""
   ds = pipeline.make_train(records, spec, batch_size=batch_size, seed=0, num_workers=workers,
                            process_index=0, process_count=1)
   it = iter(ds)
   next(it)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   for _ in range(batches):
     next(it)
-  rate = batches * batch_size / (time.perf_counter() - start)
+  wall, cpu = time.perf_counter() - start, time.process_time() - cpu
   if hasattr(it, "close"):
     it.close()
-  return rate
+  clips = batches * batch_size
+  return {"wall": clips / wall, "cpu": clips / max(cpu, 1e-9) if workers == 0 else None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,6 +184,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--batches", type=int, default=4, help="timed batches per pipeline run")
   p.add_argument("--repeats", type=int, default=3, help="best-of repeats for the decode figures")
   p.add_argument("--json", default=None, help="also write the JSON figures to this file")
+  p.add_argument("--baseline", default=None,
+                 help="a copy of another kd_jax/data/codec.py to measure side by side (random-P "
+                      "representations and the compressed pipeline without workers)")
+  p.add_argument("--pipeline_repeats", type=int, default=2,
+                 help="with --baseline: alternating pipeline runs of each, best kept")
   return p
 
 
@@ -128,13 +197,46 @@ def format_table(results: dict) -> str:
   rows = [("", "wall", "CPU", ""),
           ("decode only, RGB", *_pair(results["decode_rgb"]), "frames/s"),
           ("decode + MV + residual", *_pair(results["decode_mv_residual"]), "frames/s"),
+          ("ratio (target >= 0.5)", *_pair(results["compressed_to_rgb_ratio"], ".2f"), ""),
           ("MV + residual at random P", *_pair(results["sample_mv_residual"]), "samples/s"),
-          ("ratio (target >= 0.5)", *_pair(results["compressed_to_rgb_ratio"], ".2f"), "")]
+          ("decode bound at random P", *_pair(results["decode_bound"]),
+           f"samples/s (decode only / {results['frames_per_sample']:.2f} frames per sample)"),
+          ("ratio to bound (target >= 0.8)", *_pair(results["sample_to_bound_ratio"], ".2f"), "")]
+  base = results.get("baseline")
+  if base:
+    rows += [("baseline MV + residual at random P", *_pair(base["sample_mv_residual"]),
+              "samples/s"),
+             ("baseline ratio to bound", *_pair(base["sample_to_bound_ratio"], ".2f"), ""),
+             ("speed-up at random P", *_pair(base["sample_speedup"], ".2f"), "")]
   for key, value in results["pipeline"].items():
-    rows.append((f"train pipeline {key}", f"{value['clips_per_s']:.2f}", "",
+    cpu = value.get("clips_per_cpu_s")
+    rows.append((f"train pipeline {key}", f"{value['clips_per_s']:.2f}",
+                 "" if cpu is None else f"{cpu:.2f}",
                  f"clips/s ({value['clips_per_s_per_worker']:.2f} per worker)"))
+  if base:
+    for key, value in base["pipeline"].items():
+      rows.append((f"baseline pipeline {key}", f"{value['clips_per_s']:.2f}",
+                   f"{value['clips_per_cpu_s']:.2f}", "clips/s"))
+      rows.append((f"pipeline speed-up {key}", f"{value['speedup']:.2f}",
+                   f"{value['speedup_cpu']:.2f}", ""))
   width = max(len(r[0]) for r in rows)
   return "\n".join(f"{a:<{width}}  {b:>8}  {c:>8}  {d}" for a, b, c, d in rows)
+
+
+def _keep_best(best: dict, rates: dict) -> None:
+  for k, v in rates.items():
+    if v is not None:
+      best[k] = max(best.get(k, 0.0), v)
+    else:
+      best.setdefault(k, None)
+
+
+def _load_average() -> list[float] | None:
+  """The machine's 1, 5 and 15 minute load averages (what else was running), where known."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
 
 
 def _pair(value: dict, fmt: str = ".0f") -> tuple[str, str]:
@@ -146,20 +248,44 @@ def main(argv: Sequence[str] | None = None) -> int:
   from absl import flags  # grain workers read absl flags (jax_stack.md section 7.2)
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+  baseline = load_codec(args.baseline) if args.baseline else None
   records = make_records(args.clips, args.frames, args.height, args.width)
   results = {"setup": {"clips": args.clips, "frames": args.frames,
-                       "size": f"{args.width}x{args.height}", "batch_size": args.batch_size}}
-  results.update(bench_decode(records, repeats=args.repeats))
+                       "size": f"{args.width}x{args.height}", "batch_size": args.batch_size,
+                       "load_average": _load_average()}}
+  results.update(bench_decode(records, repeats=args.repeats, baseline=baseline))
   results["compressed_to_rgb_ratio"] = {
       k: results["decode_mv_residual"][k] / results["decode_rgb"][k] for k in ("wall", "cpu")}
+  if baseline is not None:
+    rate = results.pop("sample_mv_residual_baseline")
+    results["baseline"] = {
+        "codec": os.path.abspath(args.baseline), "sample_mv_residual": rate,
+        "sample_to_bound_ratio": {k: rate[k] / results["decode_bound"][k] for k in rate},
+        "sample_speedup": {k: results["sample_mv_residual"][k] / rate[k] for k in rate},
+        "pipeline": {}}
   results["pipeline"] = {}
   for kind in args.kinds.split(","):
     spec = pipeline.make_spec(kind, flip=True)
     for workers in (int(w) for w in args.workers.split(",")):
-      rate = bench_pipeline(records, spec, workers=workers, batch_size=args.batch_size,
-                            batches=args.batches)
-      results["pipeline"][f"{kind}/w{workers}"] = {
-          "clips_per_s": rate, "clips_per_s_per_worker": rate / max(1, workers)}
+      side_by_side = baseline is not None and kind == "compressed" and workers == 0
+      rate, old = {}, {}
+      # Side by side: alternating runs, the best of each (the baseline cannot reach grain workers).
+      for _ in range(args.pipeline_repeats if side_by_side else 1):
+        _keep_best(rate, pipeline_rates(records, spec, workers=workers,
+                                        batch_size=args.batch_size, batches=args.batches))
+        if side_by_side:
+          with codec_of_pipeline(baseline):
+            _keep_best(old, pipeline_rates(records, spec, workers=0,
+                                           batch_size=args.batch_size, batches=args.batches))
+      key = f"{kind}/w{workers}"
+      results["pipeline"][key] = {
+          "clips_per_s": rate["wall"], "clips_per_s_per_worker": rate["wall"] / max(1, workers),
+          "clips_per_cpu_s": rate["cpu"]}
+      if side_by_side:
+        results["baseline"]["pipeline"][key] = {
+            "clips_per_s": old["wall"], "clips_per_cpu_s": old["cpu"],
+            "speedup": rate["wall"] / old["wall"], "speedup_cpu": rate["cpu"] / old["cpu"]}
+  results["setup"]["load_average_after"] = _load_average()
   print(format_table(results))
   text = json.dumps(results, indent=1)
   print(text)
