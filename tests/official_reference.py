@@ -20,6 +20,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from torch_reference import randomize  # noqa: F401  (the tests randomise these modules with it)
+
 # (in, out, kernel) of IC1..IC3, from IC_Model and IC_Model_Resnet50.
 IC_TABLE = {
     "resnet18": ((64, 64, 7), (128, 128, 3), (256, 256, 3)),
@@ -145,21 +147,3 @@ class CVAE(nn.Module):
 
   def prior(self, att, eps):  # mode 'inference' with the noise given
     return self.cdecoder(att.permute(0, 2, 1) + eps, att)
-
-
-def randomize(module, seed):
-  """Random weights, BN statistics and GroupNorm affine parameters (activations stay O(1))."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in module.state_dict().items():
-      if name.endswith("num_batches_tracked"):
-        continue
-      if name.endswith("running_var"):
-        t.copy_(0.5 + torch.rand(t.shape, generator=g))
-      elif t.ndim == 1 and name.endswith("weight"):
-        t.copy_(0.5 + torch.rand(t.shape, generator=g))
-      elif t.ndim >= 2:
-        t.copy_(torch.randn(t.shape, generator=g) * (1.5 / t[0].numel()) ** 0.5)
-      else:
-        t.copy_(0.2 * torch.randn(t.shape, generator=g))
-  return module
