@@ -201,8 +201,9 @@ def _run(method, config: ml_collections.ConfigDict) -> None:
     workdir = os.path.abspath(workdir)
   if jax.process_index() == 0:
     _write_config(config, workdir)
-  logging.info("kd_jax: method %s, workdir %s", config.method, workdir)
+  # Installed before the line below, which is how a supervisor (and the test) knows it is.
   previous = signal.signal(signal.SIGTERM, _preempt_between_stages)
+  logging.info("kd_jax: method %s, workdir %s", config.method, workdir)
   try:
     method.run(config, workdir)
   except UserError as e:

@@ -5,7 +5,7 @@ import pytest
 
 from kd_jax.data import holdout
 from kd_jax.data import streams
-from tests.test_streams import _dcfg
+from test_streams import _dcfg
 
 
 def test_holdout_is_a_fixed_disjoint_share():
