@@ -178,3 +178,16 @@ def test_array_batches_with_replacement_resume_and_slice_bit_identically():
   np.testing.assert_array_equal(got, ref)
   with pytest.raises(ValueError, match="order"):
     train.train_batches(arrays, global_batch_size=8, per_host_batch_size=8, seed=3, order="x")
+
+
+def test_train_order_is_safe_across_threads_and_pickles():
+  import pickle  # pylint: disable=g-import-not-at-top
+  from concurrent import futures  # pylint: disable=g-import-not-at-top
+  order = sampling.TrainOrder(7, seed=3, order="with_replacement")
+  positions = list(range(0, 7 * 40))  # 40 epochs: the two-epoch cache evicts all the time
+  want = [int(np.random.default_rng([3, p // 7]).integers(0, 7, 7)[p % 7]) for p in positions]
+  with futures.ThreadPoolExecutor(8) as pool:
+    got = list(pool.map(order.__getitem__, positions * 3))
+  assert got == want * 3
+  copy = pickle.loads(pickle.dumps(order))
+  assert [copy[p] for p in positions[:20]] == want[:20]

@@ -23,6 +23,7 @@ Rules (pkd_wise.md section 8.2, CoViAR ``dataset.py``; PKD ``dataset_fuse.py``; 
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Literal
 
 import numpy as np
@@ -206,23 +207,34 @@ class TrainOrder:
     self.num_examples, self.seed, self.order = int(num_examples), int(seed), order
     self.epoch_size, self.num_epochs = epoch_size, num_epochs
     self._cache: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()  # grain's read threads share one source
+
+  def __getstate__(self) -> dict:  # for grain's worker processes: a lock does not pickle
+    state = dict(self.__dict__, _cache={})
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return sys.maxsize if self.num_epochs is None else self.epoch_size * self.num_epochs
 
   def epoch(self, e: int) -> np.ndarray:
     """The example indices of epoch ``e``, int64 ``[epoch_size]``."""
-    cached = self._cache.get(e)
-    if cached is None:
-      rng = np.random.default_rng([self.seed, e])
-      if self.order == "permutation":
-        cached = rng.permutation(self.num_examples)[:self.epoch_size]
-      else:
-        cached = rng.integers(0, self.num_examples, self.epoch_size)
-      if len(self._cache) >= 2:  # the epochs around a boundary: two suffice
-        self._cache.pop(next(iter(self._cache)), None)
-      self._cache[e] = cached
-    return cached
+    with self._lock:
+      cached = self._cache.get(e)
+      if cached is None:
+        rng = np.random.default_rng([self.seed, e])
+        if self.order == "permutation":
+          cached = rng.permutation(self.num_examples)[:self.epoch_size]
+        else:
+          cached = rng.integers(0, self.num_examples, self.epoch_size)
+        if len(self._cache) >= 2:  # the epochs around a boundary: two suffice
+          self._cache.pop(next(iter(self._cache)))
+        self._cache[e] = cached
+      return cached
 
   def __getitem__(self, position: int) -> int:
     position = int(position)
