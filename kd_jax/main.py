@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import traceback
 from typing import NoReturn
@@ -201,8 +200,6 @@ def _run(method, config: ml_collections.ConfigDict) -> None:
     workdir = os.path.abspath(workdir)
   if jax.process_index() == 0:
     _write_config(config, workdir)
-  # Installed before the line below, which is how a supervisor (and the test) knows it is.
-  previous = signal.signal(signal.SIGTERM, _preempt_between_stages)
   logging.info("kd_jax: method %s, workdir %s", config.method, workdir)
   try:
     method.run(config, workdir)
@@ -210,17 +207,6 @@ def _run(method, config: ml_collections.ConfigDict) -> None:
     fail(str(e))
   except Preempted as e:
     print(f"kd_jax: preempted: {e}", file=sys.stderr, flush=True)
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
-def _preempt_between_stages(signum, frame) -> None:
-  """SIGTERM outside a stage's training loop (which saves a checkpoint and stops itself): what is
-  finished is on disk, and what is not (a stage's first steps, logits) is written atomically, so
-  the run stops here and the same command resumes."""
-  del signum, frame
-  raise Preempted("stopped by SIGTERM between steps of the run; every finished stage is kept: "
-                  "run the same command again to resume")
 
 
 class _QuietLibraries:
