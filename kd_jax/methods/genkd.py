@@ -102,7 +102,6 @@ from kd_jax.methods._genkd_model import reconstruction_weight
 from kd_jax.methods._genkd_model import video_scores  # noqa: F401  (re-exported)
 from kd_jax.train import checkpoint
 from kd_jax.train import optim
-from kd_jax.train import steps as steps_lib
 
 if TYPE_CHECKING:  # Imported where used: the video stack is slow to import.
   from kd_jax.data import streams
