@@ -1,4 +1,4 @@
-"""Import PyTorch weights (torchvision ResNet, CoViAR / TSM / PKD checkpoints, pytorch-i3d, GenKD).
+"""Import PyTorch weights (torchvision ResNet, CoViAR / TSM / PKD, pytorch-i3d RGB and flow, GenKD).
 
     python -m kd_jax.models.convert SRC DST [--model NAME] [--kwargs JSON] [--prefix P]
                                     [--allow-unexpected] [--force]
@@ -25,8 +25,11 @@ the `module.` prefix of DataParallel, CoViAR's and TSM's `base_model.`, PKD's `n
 (`conv1.net.weight` -> `conv1.weight`) and its `new_fc` (-> `fc`).
 
 Official layouts that convert in one command (the model inferred, no `--prefix`, no
-`--allow-unexpected`):
+`--allow-unexpected`, no `--kwargs`):
 
+* pytorch-i3d's `rgb_imagenet.pt` and `flow_imagenet.pt` (plain InceptionI3d names, 400 Kinetics
+  classes; the flow stem `Conv3d_1a_7x7.conv3d.weight` is `[64, 2, 7, 7, 7]`): `i3d`, with
+  `in_channels=2` for flow.
 * PKD's IC checkpoints (`train_freeze_backbone_IC_*.py` save `DataParallel(IC_Model)`:
   `module.net.base_model.*`, `module.net.data_bn.*`, `module.IC{k}_features.{0,1}.*`,
   `module.IC{k}_classifier.*`): the backbone (`resnet18` with 2-channel MV or 3-channel residual
@@ -36,6 +39,14 @@ Official layouts that convert in one command (the model inferred, no `--prefix`,
 * GenKD's `BDNet_teacher` / `BDNet_student` state dicts (`backbone._model.*` = pytorch-i3d names,
   `deconv1.*`, `Att_Head_5c.*`): `i3d` / `top_i3d` with the part `attention_head`
   (`generative_attention(part="attention")`; names in `kd_jax.models.generative_attention`).
+* GenKD's flow student (`BDNet_student(in_channels=2)`, `test_Top_I3D_att_fusion*.py`): its 344
+  backbone-plus-classifier entries `backbone._model.*` (2 `logits` + 57 conv/BN units x 6,
+  `num_batches_tracked` included; with or without the attention head, with or without
+  DataParallel's `module.`): `top_i3d` with `in_channels=2`. The official test copies these
+  entries into a `BDNet_student` by position (its load by name is commented out), so the file's
+  own names are not known; the import here goes by name, and entries with other names fail with
+  the list of them. Its `logits` have 101 rows for HMDB-51 too (`replace_logits(101)` is
+  hard-coded), so `num_classes` comes out 101 there.
 * GenKD's `CVAE_teacher` / `CVAE_student` state dicts (`cencoder.*`, `cdecoder.*`):
   `generative_attention(part="cvae")`.
 
@@ -46,11 +57,13 @@ dropped, and reported in `Converted.notes` (and by the CLI): the 832-channel (`M
 
 What the checkpoint decides (unless given in `--kwargs`): ResNet `num_classes` (fc rows),
 `in_channels` (conv1 input channels: 2 for CoViAR's motion-vector net) and `input_norm` (whether
-a `data_bn` is present); I3D `num_classes`; IC heads `backbone` (the checkpoint's network),
-`num_classes` and `width`; attention head `hidden_channels`, and every feature size of the
-attention head and the CVAE (from their kernels). Everything else (width, depth) comes from the
-builder's defaults or `--kwargs`, so a checkpoint of another depth fails with the list of
-differing keys instead of converting silently into something else.
+a `data_bn` is present); I3D `num_classes` and `in_channels` (`Conv3d_1a_7x7`'s input channels,
+2 for optical flow; recorded only when not 3, so an RGB model keeps `in_channels=None`); IC heads
+`backbone` (the checkpoint's network), `num_classes` and `width`; attention head
+`hidden_channels`, and every feature size of the attention head and the CVAE (from their
+kernels). Everything else (width, depth) comes from the builder's defaults or `--kwargs`, so a
+checkpoint of another depth fails with the list of differing keys instead of converting silently
+into something else.
 """
 
 import argparse
@@ -346,9 +359,15 @@ def _infer_resnet(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def _infer_i3d(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  kw: dict[str, Any] = {}
   if "logits.conv3d.weight" in sd:
-    return {"num_classes": int(sd["logits.conv3d.weight"].shape[0])}
-  return {}
+    kw["num_classes"] = int(sd["logits.conv3d.weight"].shape[0])
+  stem = sd.get("Conv3d_1a_7x7.conv3d.weight")  # [64, C, t, 7, 7]
+  # Recorded only when it is not RGB, so RGB checkpoints keep the kwargs they always had and the
+  # rebuilt model of a flow checkpoint insists on 2-channel clips.
+  if stem is not None and np.ndim(stem) == 5 and int(np.shape(stem)[1]) != 3:
+    kw["in_channels"] = int(np.shape(stem)[1])
+  return kw
 
 
 def _infer_tsm(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -412,11 +431,7 @@ def _attention_init(model: Any, inputs: tuple[Any, ...]) -> Any:
 
 _RESNET = _Spec(_infer_resnet, lambda sd, kw: ((1, 64, 64, kw.get("in_channels", 3)),))
 _TSM = _Spec(_infer_tsm, lambda sd, kw: ((1, 2, 64, 64, kw.get("in_channels", 3)),))
-_I3D = _Spec(
-    _infer_i3d,
-    lambda sd, kw: ((1, 16, 224, 224,
-                     int(sd["Conv3d_1a_7x7.conv3d.weight"].shape[1])
-                     if "Conv3d_1a_7x7.conv3d.weight" in sd else 3),))
+_I3D = _Spec(_infer_i3d, lambda sd, kw: ((1, 16, 224, 224, kw.get("in_channels") or 3),))
 SPECS: dict[str, _Spec] = {
     "resnet18": _RESNET,
     "resnet50": _RESNET,
@@ -696,7 +711,11 @@ def main(argv: list[str] | None = None) -> int:
   """`python -m kd_jax.models.convert SRC DST [--model NAME]`."""
   parser = argparse.ArgumentParser(
       prog="python -m kd_jax.models.convert",
-      description="Convert a PyTorch state dict into a kd_jax orbax checkpoint.")
+      description="Convert a PyTorch state dict into a kd_jax orbax checkpoint: ResNet / TSM "
+                  "(CoViAR, PKD, TSM), I3D / Top-I3D with 3-channel RGB or 2-channel optical-flow "
+                  "input (pytorch-i3d rgb_imagenet.pt / flow_imagenet.pt, GenKD BDNet), GenKD "
+                  "attention heads and CVAEs. The model and its input channels are inferred from "
+                  "the checkpoint.")
   parser.add_argument("src", help=".pt / .pth / .pth.tar / .ckpt / .safetensors file")
   parser.add_argument("dst", help="output checkpoint directory")
   parser.add_argument("--model", default=None, choices=sorted(SPECS),

@@ -12,6 +12,12 @@ Builders (registered as ``"i3d"`` and ``"top_i3d"`` in :mod:`kd_jax.models`):
   ``Mixed_3b``, ``Mixed_3c``, ``Mixed_4b``, ``Mixed_4c`` use 1x3x3 convolutions and a 1x3x3 pool
   branch. ``Mixed_4d`` ... ``Mixed_5c`` and all stand-alone max-pools are unchanged.
 
+Input channels: 3 for RGB clips, 2 for optical flow (x then y displacement; pytorch-i3d's
+``flow_imagenet.pt`` and GenKD's flow Top-I3D, genkd.md 3.1 and 7.2). Flax sizes ``Conv3d_1a_7x7``
+from the first clip it sees, so one module serves both; ``in_channels`` (None: any) pins the count,
+which a converted flow checkpoint records so that clips of the other modality fail with a clear
+error instead of a shape mismatch deep inside the stem.
+
 Both return ``(logits, features)``:
 
 * ``logits``: ``[B, T', num_classes]``, **per time step**, from the classifier head of pytorch-i3d:
@@ -57,7 +63,9 @@ model        backbone       of which BN scale + bias        head (101 classes)
 ``top_i3d``  10,429,088     14,560                          103,525
 ===========  =============  ==============================  ====================
 
-(``batch_stats`` holds another 14,560 numbers.)
+(``batch_stats`` holds another 14,560 numbers.) With 2 input channels (flow) the stem kernel
+loses one input plane: 7x7x7x64 = 21,952 weights fewer for ``i3d`` (12,265,312), 1x7x7x64 =
+3,136 fewer for ``top_i3d`` (10,425,952).
 
 Tiny setting for tests and the quickstart: ``tiny=True`` (= ``width=1/16, head_pool=None``): every
 channel count divided by 16 (``Mixed_5c`` has 64 channels) and a head pool that covers the whole
@@ -124,6 +132,9 @@ POOLS = {
 
 DEFAULT_HEAD_POOL = (2, 7, 7)
 
+# What a channel count means, for error messages.
+_MODALITY = {3: "RGB", 2: "optical-flow"}
+
 
 @dataclasses.dataclass(frozen=True)
 class _ConvSpec:
@@ -189,6 +200,8 @@ class InceptionI3d(nn.Module):
 
   Attributes:
     num_classes: classes of the 1x1x1 logits conv (GenKD: 101 for UCF-101, 51 for HMDB-51).
+    in_channels: channels of the clips the model takes (3 RGB, 2 optical flow); None accepts any
+      count (the stem is sized by the first clip, as in Flax generally).
     top_heavy: build Top-heavy I3D (2-D lower layers) instead of I3D.
     width: multiplier on every channel count (1.0 = the published model).
     dropout_rate: drop probability before the logits conv (pytorch-i3d passes its
@@ -200,6 +213,7 @@ class InceptionI3d(nn.Module):
   """
 
   num_classes: int = 101
+  in_channels: int | None = None
   top_heavy: bool = False
   width: float = 1.0
   dropout_rate: float = 0.5
@@ -211,6 +225,10 @@ class InceptionI3d(nn.Module):
     layers3d.check_init(self.init_scheme)
     if self.width <= 0:
       raise ValueError(f"width must be positive, got {self.width}")
+    if self.in_channels is not None and (
+        isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int)
+        or self.in_channels < 1):
+      raise ValueError(f"in_channels must be a positive int or None, got {self.in_channels!r}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
     # Endpoint modules are attributes named after the endpoints, which names their parameters.
@@ -258,6 +276,13 @@ class InceptionI3d(nn.Module):
     """
     if x.ndim != 5:
       raise ValueError(f"expected a clip [B, T, H, W, C], got shape {tuple(x.shape)}")
+    if self.in_channels is not None and x.shape[-1] != self.in_channels:
+      kind = _MODALITY.get(self.in_channels)
+      raise ValueError(
+          f"this I3D was built with in_channels={self.in_channels}"
+          f"{f' ({kind} clips)' if kind else ''} but got {x.shape[-1]} channels (shape "
+          f"{tuple(x.shape)}); feed {kind or f'{self.in_channels}-channel'} clips or build it "
+          "with the in_channels of your clips")
     features = {}
     for name in ENDPOINTS:
       if name in POOLS:
@@ -304,8 +329,9 @@ def i3d(*, tiny: bool = False, **kwargs: Any) -> InceptionI3d:
   Args:
     tiny: shorthand for ``width=1/16, head_pool=None`` (tests, quickstart); explicit keyword
       arguments win.
-    **kwargs: :class:`InceptionI3d` attributes: ``num_classes`` (101), ``width`` (1.0),
-      ``dropout_rate`` (0.5), ``head_pool`` ((2, 7, 7)), ``init_scheme`` ('pytorch'), ``dtype``.
+    **kwargs: :class:`InceptionI3d` attributes: ``num_classes`` (101), ``in_channels`` (None:
+      any; 2 for optical flow), ``width`` (1.0), ``dropout_rate`` (0.5), ``head_pool``
+      ((2, 7, 7)), ``init_scheme`` ('pytorch'), ``dtype``.
 
   Returns:
     An unbound linen module; ``apply(variables, clip, train=...)`` gives ``(logits, features)``.
