@@ -5,6 +5,7 @@ Examples::
   python -m kd_jax.data.prepare synthetic_actions --data_dir ~/tensorflow_datasets
   python -m kd_jax.data.prepare ucf101/split1 --manual_dir ~/downloads/ucf101 --workers 8
   python -m kd_jax.data.prepare hmdb51/split2 --manual_dir ~/downloads/hmdb51
+  python -m kd_jax.data.prepare thumos14 --manual_dir ~/downloads/thumos14 --workers 8
   python -m kd_jax.data.prepare synthetic_actions/c12_24x12_f24_48x64   # a sized synthetic copy
 
 Writes array_record files under ``DATA_DIR/NAME/CONFIG/1.0.0/``, shows a progress bar per split and
@@ -36,7 +37,7 @@ from kd_jax.data import builders
 from kd_jax.data.builders import common
 
 # Datasets generated here, without a download: the only ones a method may prepare on first use.
-GENERATED = ("synthetic_actions",)
+GENERATED = ("synthetic_actions", "synthetic_detection", "synthetic_actions_flow")
 # Where the data directory comes from when none is given, in order (then ~/tensorflow_datasets).
 DATA_DIR_VARIABLES = ("KD_JAX_DATA_DIR", "TFDS_DATA_DIR")
 # The config names of sized synthetic_actions copies (see synthetic_config_name).
@@ -50,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("name", help=f"dataset, optionally NAME/CONFIG; one of {', '.join(builders.NAMES)}"
                  " (configs: synthetic_actions/default|tiny or a size such as"
                  " synthetic_actions/c12_24x12_f24_48x64 (classes, train x test clips per class,"
-                 " frames, height x width, optional _s{seed}), ucf101|hmdb51/split1|split2|split3)")
+                 " frames, height x width, optional _s{seed}), ucf101|hmdb51/split1|split2|split3;"
+                 " the _flow datasets take the same configs)")
   p.add_argument("--manual_dir", default=None,
-                 help="where the official downloads are extracted (ucf101, hmdb51)")
+                 help="where the official downloads are extracted (ucf101, hmdb51, thumos14)")
   p.add_argument("--data_dir", default=None,
                  help="TFDS data directory (default $KD_JAX_DATA_DIR, else $TFDS_DATA_DIR, else "
                  "~/tensorflow_datasets)")
@@ -139,10 +141,12 @@ def synthetic_config_name(*, num_classes: int, train_clips: int, test_clips: int
 
 
 def synthetic_builder(*, num_classes: int, train_clips: int, test_clips: int, num_frames: int,
-                      height: int, width: int, seed: int = 0, data_dir: str | None = None):
+                      height: int, width: int, seed: int = 0, data_dir: str | None = None,
+                      flow: bool = False):
   """A ``synthetic_actions`` builder of any size, its config named by :func:`synthetic_config_name`.
 
   Methods that ask for the same size share one prepared copy (the name is the cache key).
+  ``flow``: the ``synthetic_actions_flow`` builder of that size (the clips' optical flow).
   """
   from kd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from kd_jax.data.builders import synthetic_actions as sa  # pylint: disable=g-import-not-at-top
@@ -157,6 +161,10 @@ def synthetic_builder(*, num_classes: int, train_clips: int, test_clips: int, nu
   config = sa.SyntheticActionsConfig(
       name=name, description="kd_jax quickstart size", spec=spec, train_clips=train_clips,
       test_clips=test_clips, seed=seed)
+  if flow:
+    from kd_jax.data.builders import flow as flow_builders  # pylint: disable=g-import-not-at-top
+    return flow_builders.SyntheticActionsFlow(config=config, data_dir=data_dir,
+                                              file_format="array_record")
   return sa.SyntheticActions(config=config, data_dir=data_dir, file_format="array_record")
 
 
@@ -167,13 +175,14 @@ def get_builder(name: str, *, data_dir: str | None = None):
   method asked for, e.g. ``synthetic_actions/c12_24x12_f24_48x64``.
   """
   base, config = builders.split_name(name)
-  sized = _SIZED.fullmatch(config or "") if base == "synthetic_actions" else None
+  sized = (_SIZED.fullmatch(config or "") if base in ("synthetic_actions", "synthetic_actions_flow")
+           else None)
   if sized is None:
     return builders.get_builder(name, data_dir=data_dir)
   c, tr, te, f, h, w, seed = sized.groups()
   return synthetic_builder(num_classes=int(c), train_clips=int(tr), test_clips=int(te),
                            num_frames=int(f), height=int(h), width=int(w), seed=int(seed or 0),
-                           data_dir=data_dir)
+                           data_dir=data_dir, flow=base == "synthetic_actions_flow")
 
 
 def command(builder) -> str:

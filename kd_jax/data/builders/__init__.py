@@ -2,10 +2,11 @@
 
 Names: ``synthetic_actions`` (configs ``default``, ``tiny``), ``ucf101`` and ``hmdb51`` (configs
 ``split1``, ``split2``, ``split3``; manual download); ``something_something_v2``, ``jester``,
-``kinetics400`` (config ``default``; manual download). The builders do not register themselves with
-TFDS (its own, TensorFlow-only ``ucf101`` would clash); reach them through :func:`get_builder`, or read
-a prepared dataset with ``tfds.data_source('NAME/CONFIG', split=..., data_dir=...)`` or
-:func:`data_source`.
+``kinetics400`` (config ``default``; manual download); ``thumos14`` (temporal detection, config
+``default``; manual download) and ``synthetic_detection`` (configs ``default``, ``tiny``). The
+builders do not register themselves with TFDS (its own, TensorFlow-only ``ucf101`` would clash);
+reach them through :func:`get_builder`, or read a prepared dataset with
+``tfds.data_source('NAME/CONFIG', split=..., data_dir=...)`` or :func:`data_source`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ _BUILDERS = {
                                "SomethingSomethingV2"),
     "jester": ("kd_jax.data.builders.jester", "Jester"),
     "kinetics400": ("kd_jax.data.builders.kinetics400", "Kinetics400"),
+    # Optical flow (two-stream I3D), the RGB dataset's configs: kd_jax.data.builders.flow.
+    "ucf101_flow": ("kd_jax.data.builders.flow", "Ucf101Flow"),
+    "hmdb51_flow": ("kd_jax.data.builders.flow", "Hmdb51Flow"),
+    "synthetic_actions_flow": ("kd_jax.data.builders.flow", "SyntheticActionsFlow"),
+    "thumos14": ("kd_jax.data.builders.thumos14", "Thumos14"),
+    "synthetic_detection": ("kd_jax.data.builders.synthetic_detection", "SyntheticDetection"),
 }
 NAMES = tuple(_BUILDERS)
 
