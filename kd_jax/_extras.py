@@ -25,6 +25,7 @@ TRAIN_MODULES: tuple[str, ...] = (
     "ml_collections",
     "einops",
     "av",
+    "numba",
     "absl",
     "tqdm",
     "matplotlib",

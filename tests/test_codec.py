@@ -472,3 +472,95 @@ def test_raw_streams_reencode_does_not_write_are_refused(tmp_path):
   for head, kind in ((b"\x00\x00\x00\x20ftypisom", "MP4/MOV"), (b"\x1aE\xdf\xa3", "Matroska/WebM")):
     with pytest.raises(codec.VideoDecodeError, match=f"x: {kind} container"):
       codec.CompressedVideo(head + bytes(200), name="x")
+
+
+# -- Compiled kernels (numba, optional) -------------------------------------------------------------
+
+needs_numba = pytest.mark.skipif(codec._kernels() is None,
+                                 reason="numba is not installed (the NumPy path is tested above)")
+
+
+@needs_numba
+@pytest.mark.parametrize("h,w,frames", [(40, 72, 5), (48, 64, 3), (20, 36, 7)])
+def test_compiled_trace_matches_per_pixel_loop(h, w, frames):
+  """The compiled trace equals the per-pixel port of CoViAR's loop, also on blocks that overlap or
+  leave the 8x8 grid (which the batched NumPy trace declines)."""
+  trace_loop, mv_loop, residual_loop = codec._kernels()
+  rng = np.random.default_rng(h * w + frames + 1)
+  moves, expected = [], np.arange(h * w).reshape(h, w)
+  for k in range(frames):
+    mvs, rows = _random_motion(rng, h, w)
+    if k == 1:  # an overlapping block and an off-grid one, as in the test above
+      extra = np.zeros(2, _MV_DTYPE)
+      extra[0] = (-1, 8, 8, 5, 6, 4, 4, 0, 0, 0, 2)
+      extra[1] = (-1, 8, 8, 9, 9, 6, 6, 0, 0, 0, 2)
+      mvs = np.concatenate([mvs, extra])
+      rows += [(8, 8, 5, 6, 4, 4), (8, 8, 9, 9, 6, 6)]
+    moves.append(mvs)
+    expected = _coviar_step(expected, rows)
+  counts = np.array([len(m) for m in moves])
+  trace = codec._trace_compiled(codec._kernels(), np.concatenate(moves), counts, h, w)
+  np.testing.assert_array_equal(trace.reshape(h, w), expected)
+  yy, xx = np.mgrid[:h, :w]
+  mv = mv_loop(trace, h, w)
+  np.testing.assert_array_equal(mv[..., 0], xx - expected % w)
+  np.testing.assert_array_equal(mv[..., 1], yy - expected // w)
+  iframe = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  res = residual_loop(trace, iframe, rgb)
+  assert res.dtype == np.int32
+  np.testing.assert_array_equal(res, rgb.astype(int) - iframe[expected // w, expected % w])
+
+
+@needs_numba
+def test_compiled_and_numpy_representations_are_identical(pan_right, monkeypatch):
+  """Every frame of an encoded clip: the compiled path and the NumPy path give the same arrays."""
+  _, data = pan_right
+  video = codec.CompressedVideo(data)
+  compiled = [video.representations(i) for i in range(video.num_frames)]
+  compiled_mv = [video.motion_vectors(i) for i in (5, 13, 23)]
+  monkeypatch.setattr(codec, "_KERNELS", [None])
+  assert codec._kernels() is None
+  for i, c in enumerate(compiled):
+    n = video.representations(i)
+    for field in ("iframe", "motion_vectors", "residual"):
+      a, b = getattr(c, field), getattr(n, field)
+      assert a.dtype == b.dtype and a.shape == b.shape, field
+      np.testing.assert_array_equal(a, b, err_msg=f"frame {i} {field}")
+  for i, mv in zip((5, 13, 23), compiled_mv):
+    np.testing.assert_array_equal(mv, video.motion_vectors(i))
+
+
+def test_kernels_can_be_turned_off(monkeypatch):
+  monkeypatch.setattr(codec, "_KERNELS", [])
+  monkeypatch.setenv("KD_JAX_NUMBA", "0")
+  assert codec._kernels() is None
+
+
+def test_rgb_conversion_is_single_threaded_and_unchanged(pan_right):
+  """threads=1 (no swscale worker threads) gives the same RGB as PyAV's default conversion."""
+  _, data = pan_right
+  with av.open(io.BytesIO(data), format="m4v") as c:
+    frames = list(c.decode(video=0))[:3]
+  for f in frames:
+    ref = f.reformat(format="rgb24", interpolation="BICUBIC").to_ndarray()
+    np.testing.assert_array_equal(codec._to_rgb(f), ref)
+
+
+@needs_numba
+def test_kernels_compile_without_a_cache_directory(monkeypatch):
+  build = codec._build_kernels
+  calls = []
+
+  def no_cache_dir(cache=True):
+    calls.append(cache)
+    if cache:
+      raise RuntimeError("cannot cache function: no locator available")
+    return build(cache=False)
+
+  monkeypatch.setattr(codec, "_build_kernels", no_cache_dir)
+  monkeypatch.setattr(codec, "_KERNELS", [])
+  kernels = codec._kernels()
+  assert calls == [True, False] and kernels is not None
+  trace = np.arange(12, dtype=np.int32)
+  np.testing.assert_array_equal(kernels[1](trace, 3, 4), np.zeros((3, 4, 2), np.int32))

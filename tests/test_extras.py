@@ -28,6 +28,7 @@ _TRAIN_IMPORT_NAMES = {
     "ml-collections": "ml_collections",
     "einops": "einops",
     "av": "av",
+    "numba": "numba",
     "absl-py": "absl",
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",

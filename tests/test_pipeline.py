@@ -290,3 +290,49 @@ def test_loader_options_of_a_config_block():
     assert "\n" not in str(e.value)
   with pytest.raises(ValueError, match="iframe_jitter"):
     pipeline.make_spec("compressed", iframe_jitter="always")
+
+
+def _reference_compressed_inputs(raw, spec, train, rng, flip):
+  """The compressed kind's augmentation written as the plain composition (stacked segments,
+  multiscale_crop, random_hflip, then CoViAR's normalisations in float64)."""
+  out = {}
+  for m, scales in (("iframe", transforms.IFRAME_SCALES), ("mv", transforms.MV_RESIDUAL_SCALES),
+                    ("residual", transforms.MV_RESIDUAL_SCALES)):
+    x = np.stack(raw[m])
+    if train:
+      x = transforms.multiscale_crop(x, rng, spec.crop_size, scales=scales)
+      if flip:
+        x, _ = transforms.random_hflip(x, rng, is_mv=m == "mv")
+    else:
+      x = transforms.center_crop(transforms.resize(x, spec.resize_size), spec.crop_size)
+    x = x.astype(np.float64)
+    if m == "iframe":
+      out[m] = (x / 255 - np.array(transforms.IMAGENET_MEAN)) / np.array(transforms.IMAGENET_STD)
+    elif m == "mv":
+      out[m] = np.clip(np.trunc(x * 127.5 / transforms.MV_BOUND) + 128, 0, 255) / 255 - 0.5
+    else:
+      out[m] = (np.clip(x + 128, 0, 255) / 255 - 0.5) / np.array(transforms.RESIDUAL_STD_RGB)
+  return out
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_compressed_fast_path_matches_the_plain_composition(train_src, train):
+  """The fused crop / resize / flip / normalisation of the compressed kind gives the values of the
+  step-by-step composition (the same random draws), MVs exactly, the rest within 1e-6."""
+  spec = pipeline.make_spec("compressed", crop_size=24, resize_size=40, flip=True)
+  video = codec.CompressedVideo(train_src[0]["video"])
+  reps = [video.representations(p) for p in (3, 9, 17)]
+  raw = {"iframe": [r.iframe for r in reps], "mv": [r.motion_vectors for r in reps],
+         "residual": [r.residual for r in reps]}
+  for seed in range(4):
+    rng = np.random.default_rng(seed) if train else None  # one stream for the three, in order
+    got = {m: pipeline._compressed_input(raw[m], m, spec, train, rng, True)
+           for m in ("iframe", "mv", "residual")}
+    expected = _reference_compressed_inputs(raw, spec, train,
+                                            np.random.default_rng(seed) if train else None, True)
+    for m in got:
+      assert got[m].dtype == np.float32 and got[m].shape == (3, 24, 24, expected[m].shape[-1])
+      if m == "mv":
+        np.testing.assert_array_equal(got[m], expected[m].astype(np.float32))
+      else:
+        np.testing.assert_allclose(got[m], expected[m], rtol=0, atol=1e-6, err_msg=m)

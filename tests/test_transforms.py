@@ -264,3 +264,81 @@ def test_sample_hls_offsets_uniform_within_the_coviar_bounds():
   # CoViAR's (random() * 2 - 1) * bound on a seeded stream of uniforms.
   np.testing.assert_allclose(transforms.sample_hls_offsets(np.random.default_rng(5), 2),
                              (np.random.default_rng(5).random((2, 3)) * 2 - 1) * bounds)
+
+
+# -- Fused crop / resize / flip and float32 normalisation (the pipeline's fast path) ---------------
+
+
+def _reference_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """The resize arithmetic before the fast path, written plainly: float32, rows then columns,
+  ``y[lo] * (1 - f) + y[hi] * f`` with OpenCV's half-pixel taps."""
+  def taps(n_in, n_out):
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+  y = x.astype(np.float32)
+  lo, hi, f = taps(x.shape[-3], size[0])
+  f = f[:, None, None]
+  y = y[..., lo, :, :] * (1 - f) + y[..., hi, :, :] * f
+  lo, hi, f = taps(x.shape[-2], size[1])
+  f = f[:, None]
+  return y[..., lo, :] * (1 - f) + y[..., hi, :] * f
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
+def test_resized_crop_is_bit_identical_to_crop_resize_flip(dtype):
+  rng = np.random.default_rng(7)
+  x = rng.integers(-300 if dtype != np.uint8 else 0, 256, (3, 41, 57, 3)).astype(dtype)
+  for box, size, flip in [((0, 0, 41, 57), (20, 30), False), ((3, 5, 30, 40), (64, 50), True),
+                          ((10, 2, 24, 24), (24, 24), True), ((1, 1, 17, 33), (9, 40), True)]:
+    top, left, h, w = box
+    window = x[:, top:top + h, left:left + w]
+    expected = (window.astype(np.float32) if (h, w) == size
+                else _reference_resize(window, size))
+    if flip:
+      expected = expected[..., ::-1, :]
+    got = transforms.resized_crop(x, size, box, flip=flip)
+    assert got.dtype == np.float32 and got.shape == (3,) + size + (3,)
+    np.testing.assert_array_equal(got, expected)
+    # Segments as a list of frames (not stacked) give the same.
+    np.testing.assert_array_equal(transforms.resized_crop(list(x), size, box, flip=flip), got)
+  # resize of uint8 is the rounded value.
+  if dtype == np.uint8:
+    ref = np.clip(np.rint(_reference_resize(x, (30, 20))), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(transforms.resize(x, (30, 20)), ref)
+    y = transforms.resized_crop(x, (30, 20))
+    np.testing.assert_array_equal(transforms.round_uint8(y), ref)
+
+
+def test_resized_crop_rejects_a_window_outside_the_frames():
+  x = np.zeros((2, 10, 12, 3), np.uint8)
+  with pytest.raises(ValueError, match="exceeds"):
+    transforms.resized_crop(x, 8, (4, 0, 8, 8))
+  with pytest.raises(ValueError, match="one shape"):
+    transforms.resized_crop([x[0], x[1, :5]], 8)
+
+
+def test_float32_normalisation_is_within_1e6_of_the_float64_formula():
+  # Every uint8 value per channel, and residuals over and beyond the clipped range.
+  rgb = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2).reshape(16, 16, 3)
+  ref = (rgb / 255.0 - np.array(transforms.IMAGENET_MEAN)) / np.array(transforms.IMAGENET_STD)
+  np.testing.assert_allclose(transforms.normalize_rgb(rgb), ref, rtol=0, atol=1e-6)
+  res = np.repeat(np.arange(-400, 400, dtype=np.int32)[:, None], 3, axis=1).reshape(20, 40, 3)
+  ref = ((np.clip(res + 128.0, 0, 255) / 255 - 0.5) / np.array(transforms.RESIDUAL_STD_RGB))
+  np.testing.assert_allclose(transforms.normalize_residual(res), ref, rtol=0, atol=1e-6)
+  frac = np.random.default_rng(0).uniform(-200, 200, (2, 8, 8, 3)).astype(np.float32)
+  ref = ((np.clip(frac + 128.0, 0, 255) / 255 - 0.5) / np.array(transforms.RESIDUAL_STD_RGB))
+  np.testing.assert_allclose(transforms.normalize_residual(frac), ref, rtol=0, atol=1e-6)
+  # In place (out=x) and on a non-contiguous view give the same values.
+  y = rgb.astype(np.float32)
+  assert transforms.normalize_rgb(y, out=y) is not None
+  np.testing.assert_array_equal(y, transforms.normalize_rgb(rgb))
+  view = rgb[:, ::2]
+  np.testing.assert_array_equal(transforms.normalize_rgb(view),
+                                transforms.normalize_rgb(rgb)[:, ::2])
+  # MV: still exact (float64 truncation), in place too.
+  mv = np.random.default_rng(1).uniform(-30, 30, (4, 5, 2)).astype(np.float32)
+  ref = (np.clip(np.trunc(mv.astype(np.float64) * 6.375) + 128, 0, 255) / 255 - 0.5)
+  np.testing.assert_array_equal(transforms.normalize_mv(mv), ref.astype(np.float32))
+  transforms.normalize_mv(mv, out=mv)
+  np.testing.assert_array_equal(mv, ref.astype(np.float32))

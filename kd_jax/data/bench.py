@@ -18,7 +18,9 @@ Measures, on synthetic clips encoded like the real datasets (340 x 256 raw MPEG-
 the module, e.g. ``git show REV:kd_jax/data/codec.py > /tmp/codec_old.py``) in the same run, taking
 turns with this one so that load from other processes hits both alike: its representations at
 random P positions, and the ``compressed`` pipeline in this process with its ``CompressedVideo``
-(``baseline`` in the JSON, with the speed-ups).
+(``baseline`` in the JSON, with the speed-ups). With ``--baseline_pipeline`` and
+``--baseline_transforms`` (copies of those modules of the same revision) the baseline pipeline is
+that revision's whole loader: its sampling, decoding, augmentation and normalisation.
 
 Decode figures are best-of-N, in wall-clock and in CPU time (the one to trust on a shared machine);
 pipeline figures are wall-clock, and also CPU time without worker processes. The JSON records the
@@ -75,14 +77,29 @@ def _best_rates(fns: dict, counts: dict, repeats: int) -> dict[str, dict[str, fl
           for name, (w, c) in best.items()}
 
 
-def load_codec(path: str) -> types.ModuleType:
-  """Another implementation of :mod:`kd_jax.data.codec` from a file (a copy of the module)."""
+def _load_module(path: str, name: str, flag: str) -> types.ModuleType:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"--baseline: no such file: {path}")
-  spec = importlib.util.spec_from_file_location("kd_jax_bench_baseline_codec", path)
+    raise FileNotFoundError(f"{flag}: no such file: {path}")
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
+  return module
+
+
+def load_codec(path: str) -> types.ModuleType:
+  """Another implementation of :mod:`kd_jax.data.codec` from a file (a copy of the module)."""
+  return _load_module(path, "kd_jax_bench_baseline_codec", "--baseline")
+
+
+def load_pipeline(pipeline_path: str, transforms_path: str,
+                  codec_module: types.ModuleType) -> types.ModuleType:
+  """Another :mod:`kd_jax.data.pipeline` (a copy of the module) that decodes with
+  ``codec_module`` and augments with another :mod:`kd_jax.data.transforms` (a copy too)."""
+  old_transforms = _load_module(transforms_path, "kd_jax_bench_baseline_transforms",
+                                "--baseline_transforms")
+  module = _load_module(pipeline_path, "kd_jax_bench_baseline_pipeline", "--baseline_pipeline")
+  module.codec, module.transforms = codec_module, old_transforms
   return module
 
 
@@ -154,11 +171,12 @@ def bench_pipeline(records: list[dict], spec: pipeline.ClipSpec, *, workers: int
 
 
 def pipeline_rates(records: list[dict], spec: pipeline.ClipSpec, *, workers: int, batch_size: int,
-                   batches: int) -> dict[str, float | None]:
+                   batches: int, module: types.ModuleType = pipeline) -> dict[str, float | None]:
   """clips/s of the training pipeline per second of wall-clock and, without worker processes
-  (all decoding in this process), of this process's CPU time (None with workers)."""
-  ds = pipeline.make_train(records, spec, batch_size=batch_size, seed=0, num_workers=workers,
-                           process_index=0, process_count=1)
+  (all decoding in this process), of this process's CPU time (None with workers). ``module``:
+  the pipeline module to run (``spec`` one of its ClipSpecs)."""
+  ds = module.make_train(records, spec, batch_size=batch_size, seed=0, num_workers=workers,
+                         process_index=0, process_count=1)
   it = iter(ds)
   next(it)
   start, cpu = time.perf_counter(), time.process_time()
@@ -189,6 +207,13 @@ def _parser() -> argparse.ArgumentParser:
                       "representations and the compressed pipeline without workers)")
   p.add_argument("--pipeline_repeats", type=int, default=2,
                  help="with --baseline: alternating pipeline runs of each, best kept")
+  p.add_argument("--baseline_pipeline", default=None,
+                 help="with --baseline and --baseline_transforms: a copy of another "
+                      "kd_jax/data/pipeline.py; the baseline pipeline then runs it with both "
+                      "copies (the whole loader before a change), not this pipeline with the "
+                      "baseline codec")
+  p.add_argument("--baseline_transforms", default=None,
+                 help="a copy of another kd_jax/data/transforms.py (see --baseline_pipeline)")
   return p
 
 
@@ -249,10 +274,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   baseline = load_codec(args.baseline) if args.baseline else None
+  old_pipeline = None
+  if args.baseline_pipeline or args.baseline_transforms:
+    if not (baseline and args.baseline_pipeline and args.baseline_transforms):
+      raise SystemExit("--baseline_pipeline needs --baseline and --baseline_transforms (copies of "
+                       "codec.py, pipeline.py and transforms.py of one revision)")
+    old_pipeline = load_pipeline(args.baseline_pipeline, args.baseline_transforms, baseline)
   records = make_records(args.clips, args.frames, args.height, args.width)
   results = {"setup": {"clips": args.clips, "frames": args.frames,
                        "size": f"{args.width}x{args.height}", "batch_size": args.batch_size,
-                       "load_average": _load_average()}}
+                       "load_average": _load_average(),
+                       # The compiled trace / MV / residual kernels (codec._kernels) or NumPy.
+                       "codec_kernels": (  # pylint: disable=protected-access
+                           "numba" if codec._kernels() is not None else "numpy")}}
   results.update(bench_decode(records, repeats=args.repeats, baseline=baseline))
   results["compressed_to_rgb_ratio"] = {
       k: results["decode_mv_residual"][k] / results["decode_rgb"][k] for k in ("wall", "cpu")}
@@ -262,7 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "codec": os.path.abspath(args.baseline), "sample_mv_residual": rate,
         "sample_to_bound_ratio": {k: rate[k] / results["decode_bound"][k] for k in rate},
         "sample_speedup": {k: results["sample_mv_residual"][k] / rate[k] for k in rate},
-        "pipeline": {}}
+        "pipeline": {},
+        "pipeline_module": (os.path.abspath(args.baseline_pipeline) if old_pipeline is not None
+                            else "this pipeline with the baseline codec")}
   results["pipeline"] = {}
   for kind in args.kinds.split(","):
     spec = pipeline.make_spec(kind, flip=True)
@@ -273,7 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       for _ in range(args.pipeline_repeats if side_by_side else 1):
         _keep_best(rate, pipeline_rates(records, spec, workers=workers,
                                         batch_size=args.batch_size, batches=args.batches))
-        if side_by_side:
+        if side_by_side and old_pipeline is not None:
+          _keep_best(old, pipeline_rates(records, old_pipeline.make_spec(kind, flip=True),
+                                         workers=0, batch_size=args.batch_size,
+                                         batches=args.batches, module=old_pipeline))
+        elif side_by_side:
           with codec_of_pipeline(baseline):
             _keep_best(old, pipeline_rates(records, spec, workers=0,
                                            batch_size=args.batch_size, batches=args.batches))

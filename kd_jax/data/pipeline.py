@@ -182,6 +182,41 @@ def _geometry(x: np.ndarray, spec: ClipSpec, train: bool, rng: np.random.Generat
   return transforms.center_crop(x, spec.crop_size)
 
 
+_NORMALIZE = {"iframe": transforms.normalize_rgb, "mv": transforms.normalize_mv,
+              "residual": transforms.normalize_residual}
+
+
+def _compressed_input(frames: np.ndarray | list[np.ndarray], modality: str, spec: ClipSpec,
+                      train: bool, rng: np.random.Generator | None, flip: bool) -> np.ndarray:
+  """One modality's segments to network input: ``_geometry`` then its normalisation, fused.
+
+  The same values as ``normalize_<m>(_geometry(stack(frames)))`` (the same draws from ``rng``,
+  in the same order): the crop, resize and flip are one :func:`transforms.resized_crop` into
+  float32, the I-frame's uint8 rounding happens in place, and the normalisation writes over it.
+  """
+  first = frames[0]
+  height, width = first.shape[-3], first.shape[-2]
+  if train:
+    scales = transforms.IFRAME_SCALES if modality == "iframe" else transforms.MV_RESIDUAL_SCALES
+    box = transforms.sample_multiscale_crop(rng, height, width, spec.crop_size, scales=scales,
+                                            fix_crop=spec.fix_crop)
+    flipped = flip and bool(rng.random() < 0.5)  # random_hflip's draw
+    y = transforms.resized_crop(frames, spec.crop_size, box, flip=flipped)
+  else:
+    flipped = False
+    if spec.resize_size is None:  # the centre crop of the stored frames
+      c = spec.crop_size
+      y = transforms.resized_crop(frames, c, ((height - c) // 2, (width - c) // 2, c, c))
+    else:
+      y = transforms.resized_crop(frames, spec.resize_size)
+      y = np.ascontiguousarray(transforms.center_crop(y, spec.crop_size))
+  if modality == "iframe":
+    transforms.round_uint8(y)  # resize's uint8 result
+  elif modality == "mv" and flipped:
+    np.negative(y[..., 0], out=y[..., 0])
+  return _NORMALIZE[modality](y, out=y)
+
+
 def _compressed(video: codec.CompressedVideo, spec: ClipSpec, train: bool,
                 rng: np.random.Generator | None, flip: bool,
                 jitter_rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
@@ -192,32 +227,24 @@ def _compressed(video: codec.CompressedVideo, spec: ClipSpec, train: bool,
   else:
     i_idx = sampling_lib.coviar_indices(n, gops, s, modality="iframe", train=train, rng=rng)
     p_idx = sampling_lib.coviar_indices(n, gops, s, modality="mv", train=train, rng=rng)
+  # Segments stay lists of frames: the crop reads them where they are (no stacked copy).
   raw = {}
   if "residual" in want:
     reps = [video.representations(int(p)) for p in p_idx]
-    raw["residual"] = np.stack([r.residual for r in reps])
-    raw["mv"] = np.stack([r.motion_vectors for r in reps])
+    raw["residual"] = [r.residual for r in reps]
+    raw["mv"] = [r.motion_vectors for r in reps]
     if spec.sampling == "fused":  # the P-frame's GOP starts at the sampled I-frame
-      raw["iframe"] = np.stack([r.iframe for r in reps])
+      raw["iframe"] = [r.iframe for r in reps]
   elif "mv" in want:
-    raw["mv"] = np.stack([video.motion_vectors(int(p)) for p in p_idx])
+    raw["mv"] = [video.motion_vectors(int(p)) for p in p_idx]
   if "iframe" in want and "iframe" not in raw:
-    raw["iframe"] = np.stack([video.iframe(int(i)) for i in i_idx])
-  out = {}
+    raw["iframe"] = [video.iframe(int(i)) for i in i_idx]
+  if jitter_rng is not None and "iframe" in want:  # CoViAR jitters the whole frame, before any crop
+    raw["iframe"] = transforms.hls_jitter(np.stack(raw["iframe"]),
+                                          transforms.sample_hls_offsets(jitter_rng, s))
   # Each modality gets its own crop and flip, as CoViAR's and PKD's loaders.
-  if "iframe" in want:
-    frames = raw["iframe"]
-    if jitter_rng is not None:  # CoViAR jitters the whole decoded frame, before any crop
-      frames = transforms.hls_jitter(frames, transforms.sample_hls_offsets(jitter_rng, s))
-    x = _geometry(frames, spec, train, rng, transforms.IFRAME_SCALES, flip=flip)
-    out["iframe"] = transforms.normalize_rgb(x)
-  if "mv" in want:
-    x = _geometry(raw["mv"], spec, train, rng, transforms.MV_RESIDUAL_SCALES, is_mv=True, flip=flip)
-    out["mv"] = transforms.normalize_mv(x)
-  if "residual" in want:
-    x = _geometry(raw["residual"], spec, train, rng, transforms.MV_RESIDUAL_SCALES, flip=flip)
-    out["residual"] = transforms.normalize_residual(x)
-  return out
+  return {m: _compressed_input(raw[m], m, spec, train, rng, flip)
+          for m in ("iframe", "mv", "residual") if m in want}
 
 
 def _rgb(video: codec.CompressedVideo, spec: ClipSpec, train: bool,

@@ -9,7 +9,8 @@ RGB, signed int MVs, signed int residuals), then normalise. CoViAR normalises MV
 uint8 first and resizes those; resizing the raw values instead only moves results by rounding
 (at most about 1/255 after normalisation).
 
-* Train: :func:`multiscale_crop` (GroupMultiScaleCrop) then :func:`random_hflip`.
+* Train: :func:`multiscale_crop` (GroupMultiScaleCrop) then :func:`random_hflip`; the data
+  pipeline does both (and the test-time resize) in one :func:`resized_crop`, the same values.
 * Test: :func:`resize` to 256 x 256 (aspect not kept), :func:`center_crop` to 224.
 * MV maps are resized per channel without rescaling the vector magnitudes; a flip negates x.
 * I-frames (CoViAR's single-modality loader only): :func:`hls_jitter` with offsets from
@@ -18,6 +19,7 @@ uint8 first and resizes those; resizing the raw values instead only moves result
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,14 +53,111 @@ def _check_frames(x: np.ndarray) -> None:
 # -- Geometry -------------------------------------------------------------------------------------
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  # Half-pixel centres, source clamped at the borders: OpenCV INTER_LINEAR (no antialiasing),
-  # identical to torch's bilinear with align_corners=False.
+@functools.lru_cache(maxsize=256)
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                        np.ndarray]:
+  """(lo, hi, 1 - f, f) of each output position: its two source positions and their weights.
+
+  Half-pixel centres, source clamped at the borders: OpenCV INTER_LINEAR (no antialiasing),
+  identical to torch's bilinear with align_corners=False. Cached (a handful of crop sides recur);
+  read-only.
+  """
   src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
   src = np.clip(src, 0, in_size - 1)
-  lo = np.floor(src).astype(np.int64)
+  lo = np.floor(src).astype(np.intp)
   hi = np.minimum(lo + 1, in_size - 1)
-  return lo, hi, (src - lo).astype(np.float32)
+  f = (src - lo).astype(np.float32)
+  taps = (lo, hi, (1 - f).astype(np.float32), f)
+  for t in taps:
+    t.flags.writeable = False
+  return taps
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_taps(in_size: int, out_size: int, channels: int,
+                  flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """The width taps of ``_linear_taps`` per element of a row of ``channels``-channel pixels
+  (flat ``x * channels + c``), mirrored when ``flip``: the width pass gathers single elements."""
+  lo, hi, w0, w1 = _linear_taps(in_size, out_size)
+  if flip:
+    lo, hi, w0, w1 = lo[::-1], hi[::-1], w0[::-1], w1[::-1]
+  c = np.arange(channels)
+  taps = ((lo[:, None] * channels + c).reshape(-1), (hi[:, None] * channels + c).reshape(-1),
+          np.repeat(w0, channels), np.repeat(w1, channels))
+  for t in taps:
+    t.flags.writeable = False
+  return taps
+
+
+def _frame_list(x: np.ndarray | Sequence[np.ndarray]) -> tuple[list[np.ndarray], tuple[int, ...]]:
+  """Frames ``[H, W, C]`` of an array ``[..., H, W, C]`` or of a sequence of equal frames, and
+  the leading shape."""
+  if isinstance(x, np.ndarray):
+    _check_frames(x)
+    lead = x.shape[:-3]
+    return list(x.reshape((-1,) + x.shape[-3:])), lead
+  frames = [np.asarray(f) for f in x]
+  if not frames or any(f.ndim != 3 or f.shape != frames[0].shape for f in frames):
+    raise ValueError("expected a non-empty sequence of [H, W, C] frames of one shape, got shapes "
+                     f"{[f.shape for f in frames]}")
+  return frames, (len(frames),)
+
+
+def resized_crop(x: np.ndarray | Sequence[np.ndarray], size: int | Sequence[int],
+                 box: Sequence[int] | None = None, *, flip: bool = False) -> np.ndarray:
+  """``resize(crop(x, *box), size)``, mirrored left-right when ``flip``, before any rounding.
+
+  float32 ``[..., h, w, C]``: the bilinear values of :func:`resize` (OpenCV ``INTER_LINEAR``,
+  half-pixel centres, clamped borders) in its arithmetic, rows first then columns, each pass
+  ``a (1 - f) + b f`` in float32, so ``resize`` of uint8 frames is this rounded. ``x`` is an array
+  ``[..., H, W, C]`` or a sequence of ``[H, W, C]`` frames of one shape (the segments of a clip,
+  not stacked first); ``box`` is ``(top, left, height, width)`` (None: the whole frame).
+
+  Faster than the composition: only the window is read, each pass gathers whole rows (rows) or
+  single elements (columns) through cached taps into preallocated float32, and the flip is the
+  column taps reversed (no copy).
+  """
+  frames, lead = _frame_list(x)
+  in_h, in_w, channels = frames[0].shape
+  out_h, out_w = _pair(size)
+  if out_h < 1 or out_w < 1:
+    raise ValueError(f"size must be positive, got {size}")
+  top, left, h, w = (0, 0, in_h, in_w) if box is None else (int(v) for v in box)
+  if top < 0 or left < 0 or h < 1 or w < 1 or top + h > in_h or left + w > in_w:
+    raise ValueError(f"crop {h}x{w} at ({top}, {left}) exceeds frames of shape "
+                     f"{frames[0].shape}")
+  out = np.empty((len(frames), out_h, out_w, channels), np.float32)
+  if (out_h, out_w) == (h, w):
+    for k, f in enumerate(frames):
+      out[k] = f[top:top + h, left:left + w][:, ::-1 if flip else 1]
+    return out.reshape(lead + out.shape[1:])
+  lo, hi, w0, w1 = _linear_taps(h, out_h)
+  w0, w1 = w0[:, None, None], w1[:, None, None]
+  clo, chi, v0, v1 = _channel_taps(w, out_w, channels, flip)
+  rows = np.empty((out_h, w, channels), np.float32)
+  tmp = np.empty_like(rows)
+  flat = rows.reshape(out_h, w * channels)
+  cols = np.empty((out_h, out_w * channels), np.float32)
+  for k, f in enumerate(frames):
+    win = f[top:top + h, left:left + w]
+    # dtype=float32 casts the samples first, as resize's astype(float32) did.
+    np.multiply(win[lo], w0, out=rows, dtype=np.float32)  # fancy rows: no contiguous copy
+    np.multiply(win[hi], w1, out=tmp, dtype=np.float32)
+    rows += tmp
+    o = out[k].reshape(out_h, out_w * channels)
+    np.take(flat, clo, axis=1, out=cols)
+    cols *= v0
+    np.take(flat, chi, axis=1, out=o)
+    o *= v1
+    o += cols
+  return out.reshape(lead + out.shape[1:])
+
+
+def round_uint8(y: np.ndarray) -> np.ndarray:
+  """In place: float values rounded half to even and clamped to [0, 255], as :func:`resize`
+  converts its uint8 results (the values of that uint8 array, kept in ``y``'s float dtype)."""
+  np.rint(y, out=y)
+  return np.clip(y, 0, 255, out=y)
 
 
 def resize(x: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
@@ -66,24 +165,19 @@ def resize(x: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
 
   OpenCV ``INTER_LINEAR`` semantics (CoViAR's ``cv2.resize``). uint8 input gives uint8 (rounded);
   any other input gives float32. Channels are resized independently, so motion vectors keep their
-  magnitudes (CoViAR's ``resize_mv``).
+  magnitudes (CoViAR's ``resize_mv``). :func:`resized_crop` is the same with a crop and a flip.
   """
   x = np.asarray(x)
   _check_frames(x)
   out_h, out_w = _pair(size)
   if out_h < 1 or out_w < 1:
     raise ValueError(f"size must be positive, got {size}")
-  in_h, in_w = x.shape[-3], x.shape[-2]
-  y = x.astype(np.float32)
-  if (out_h, out_w) != (in_h, in_w):
-    lo, hi, f = _linear_taps(in_h, out_h)
-    f = f[:, None, None]
-    y = y[..., lo, :, :] * (1 - f) + y[..., hi, :, :] * f
-    lo, hi, f = _linear_taps(in_w, out_w)
-    f = f[:, None]
-    y = y[..., lo, :] * (1 - f) + y[..., hi, :] * f
+  if 0 in x.shape[:-3]:
+    y = np.zeros(x.shape[:-3] + (out_h, out_w, x.shape[-1]), np.float32)
+  else:
+    y = resized_crop(x, (out_h, out_w))
   if x.dtype == np.uint8:
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    return round_uint8(y).astype(np.uint8)
   return y
 
 
@@ -185,33 +279,79 @@ def random_hflip(x: np.ndarray, rng: np.random.Generator, *, is_mv: bool = False
 # -- Normalisation ------------------------------------------------------------------------------
 
 
+def _finish(y: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+  if out is None:
+    return y.astype(np.float32)
+  np.copyto(out, y, casting="same_kind")
+  return out
+
+
+def _per_channel(x: np.ndarray, out: np.ndarray | None,
+                 *consts: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+  """``x``, a float32 result array (``out`` or new) and per-channel float32 constants, as views
+  whose rows hold whole frame rows (W * C values) and constants tiled to match: NumPy then runs
+  its loops over long rows, where a broadcast ``[C]`` constant makes them ~10x slower."""
+  x = np.asarray(x)
+  y = np.empty(x.shape, np.float32) if out is None else out
+  if x.ndim >= 2 and x.flags.c_contiguous and y.flags.c_contiguous and x.size:
+    n = x.shape[-2] * x.shape[-1]
+    tiled = tuple(np.tile(np.broadcast_to(c, x.shape[-1:]), x.shape[-2]) for c in consts)
+    return x.reshape(-1, n), y.reshape(-1, n), tiled
+  return x, y, consts
+
+
 def normalize_rgb(x: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-  """RGB in [0, 255] to ``(x / 255 - mean) / std``, float32 (I-frames, I3D clips)."""
-  x = np.asarray(x, np.float32) / 255.0
-  return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+                  std: Sequence[float] = IMAGENET_STD, *, out: np.ndarray | None = None
+                  ) -> np.ndarray:
+  """RGB in [0, 255] to ``(x / 255 - mean) / std``, float32 (I-frames, I3D clips).
+
+  Computed as one float32 multiply-add per value, ``x * (1 / (255 std)) - mean / std``: within
+  1e-6 of the formula in float64. ``out``: a float32 array of ``x``'s shape to write to (``x``
+  itself for in place).
+  """
+  mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+  x2, y2, (scale, shift) = _per_channel(x, out, (1.0 / (255.0 * std)).astype(np.float32),
+                                        (-mean / std).astype(np.float32))
+  np.multiply(x2, scale, out=y2, dtype=np.float32)
+  y2 += shift
+  return y2.reshape(np.shape(x))
 
 
 normalize_iframe = normalize_rgb
 
 
-def normalize_mv(mv: np.ndarray, bound: float = MV_BOUND) -> np.ndarray:
+def normalize_mv(mv: np.ndarray, bound: float = MV_BOUND, *,
+                 out: np.ndarray | None = None) -> np.ndarray:
   """CoViAR's MV input: ``clip(trunc(mv * 127.5 / bound) + 128, 0, 255) / 255 - 0.5``, float32.
 
   About ``mv / (2 * bound)``, saturating at +-``bound`` px. The truncation toward zero is CoViAR's
-  ``astype(np.int32)``.
+  ``astype(np.int32)``. Computed in float64 (a float32 product could round onto the integer that
+  the truncation must not reach); ``out``: a float32 array to write to (``mv`` itself if float32).
   """
-  q = np.trunc(np.asarray(mv, np.float64) * (127.5 / bound)) + 128
-  return (np.clip(q, 0, 255) / 255.0 - 0.5).astype(np.float32)
+  q = np.multiply(mv, 127.5 / bound, dtype=np.float64)
+  np.trunc(q, out=q)
+  q += 128
+  np.clip(q, 0, 255, out=q)
+  q /= 255.0
+  q -= 0.5
+  return _finish(q, out)
 
 
-def normalize_residual(res: np.ndarray, std: Sequence[float] = RESIDUAL_STD_RGB) -> np.ndarray:
+def normalize_residual(res: np.ndarray, std: Sequence[float] = RESIDUAL_STD_RGB, *,
+                       out: np.ndarray | None = None) -> np.ndarray:
   """CoViAR's residual input: ``(clip(res + 128, 0, 255) / 255 - 0.5) / std``, float32.
 
   ``std`` defaults to CoViAR's per-colour divisors for an RGB residual (see ``RESIDUAL_STD_RGB``).
+  Computed in float32 as ``clip(res, -128, 127) * (1 / (255 std)) + (128 / 255 - 0.5) / std``:
+  within 1e-6 of the formula in float64. ``out`` as in :func:`normalize_mv`.
   """
-  v = np.clip(np.asarray(res, np.float64) + 128, 0, 255) / 255.0 - 0.5
-  return (v / np.asarray(std, np.float64)).astype(np.float32)
+  std = np.asarray(std, np.float64)
+  x2, y2, (scale, shift) = _per_channel(res, out, (1.0 / (255.0 * std)).astype(np.float32),
+                                        ((128.0 / 255.0 - 0.5) / std).astype(np.float32))
+  np.clip(x2, -128, 127, out=y2, dtype=np.float32)
+  y2 *= scale
+  y2 += shift
+  return y2.reshape(np.shape(res))
 
 
 # -- Colour -------------------------------------------------------------------------------------
