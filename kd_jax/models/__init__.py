@@ -27,6 +27,7 @@ REGISTRY: dict[str, str] = {
     "i3d": "kd_jax.models.i3d:i3d",
     "top_i3d": "kd_jax.models.i3d:top_i3d",
     "generative_attention": "kd_jax.models.generative_attention:generative_attention",
+    "afsd": "kd_jax.models.afsd:afsd",
 }
 
 __all__ = ["REGISTRY", "builder", "count_macs", "get", "names"]

@@ -1,4 +1,5 @@
-"""Import PyTorch weights (torchvision ResNet, CoViAR / TSM / PKD, pytorch-i3d RGB and flow, GenKD).
+"""Import PyTorch weights (torchvision ResNet, CoViAR / TSM / PKD, pytorch-i3d RGB and flow, GenKD,
+AFSD).
 
     python -m kd_jax.models.convert SRC DST [--model NAME] [--kwargs JSON] [--prefix P]
                                     [--allow-unexpected] [--force]
@@ -49,11 +50,19 @@ Official layouts that convert in one command (the model inferred, no `--prefix`,
   hard-coded), so `num_classes` comes out 101 there.
 * GenKD's `CVAE_teacher` / `CVAE_student` state dicts (`cencoder.*`, `cdecoder.*`):
   `generative_attention(part="cvae")`.
+* AFSD's `BDNet` checkpoints (`checkpoint-15.ckpt`: `backbone._model.*` = pytorch-i3d names without
+  `logits`, `coarse_pyramid_detection.*`): `afsd`, with `backbone` ('i3d' / 'top_i3d', from the
+  stem), `num_classes` (from `conf_head`) and, when not 512, `channels` / `proposal_channels`;
+  the input crop is read from the pyramid's (1, h, w) kernel (h = crop / 16). Names in
+  `kd_jax.models.afsd`. GenKD's detection `BDNet_teacher` / `BDNet_student` are the same plus the
+  attention heads: `deconv1.*` / `Att_Head_5c.*` convert as the part `attention_head` (Mixed_5c),
+  `deconv2.*` / `Att_Head_4f.*` as the part `attention_head_4f` (Mixed_4f).
 
 Branches that exist in those modules but that recognition never runs are recognised by name,
 dropped, and reported in `Converted.notes` (and by the CLI): the 832-channel (`Mixed_4f`) CVAE
 `cencoder_832.*` / `cdecoder_832.*`, and the `Mixed_4f` attention branch `deconv2.*` /
-`Att_Head_4f.*` of GenKD's detection BDNet. Any other entry without a place is an error.
+`Att_Head_4f.*` of GenKD's detection BDNet when converted as a plain I3D (with `afsd` it is
+kept). Any other entry without a place is an error.
 
 What the checkpoint decides (unless given in `--kwargs`): ResNet `num_classes` (fc rows),
 `in_channels` (conv1 input channels: 2 for CoViAR's motion-vector net) and `input_norm` (whether
@@ -86,13 +95,14 @@ from kd_jax import models
 _PREFIXES = ("module.", "net.", "base_model.", "backbone._model.")
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
 
+# GenKD's Mixed_4f attention head (detection): a part beside `afsd`, unused beside an I3D.
+_ATTENTION_4F = re.compile(r"(deconv2|Att_Head_4f)\.")
 # Entries of official checkpoints that belong to branches recognition never runs: dropped with a
 # note (pattern on the normalised key -> what it is).
 UNUSED_BRANCHES = (
     (re.compile(r"(cencoder_832|cdecoder_832)\."),
      "GenKD's 832-channel (Mixed_4f) CVAE branch, built but never used by recognition"),
-    (re.compile(r"(deconv2|Att_Head_4f)\."),
-     "GenKD's Mixed_4f attention branch (detection only)"),
+    (_ATTENTION_4F, "GenKD's Mixed_4f attention branch (detection only)"),
 )
 
 # Extra modules of a checkpoint besides its main network: part name -> (key pattern, model name,
@@ -102,6 +112,9 @@ PARTS = {
     "attention_head": (re.compile(r"(deconv1|Att_Head_5c)\."), "generative_attention",
                        {"part": "attention"}),
     "cvae": (re.compile(r"(cencoder|cdecoder)\."), "generative_attention", {"part": "cvae"}),
+    # Kept only beside an AFSD network (GenKD's detection BDNet); dropped otherwise (see
+    # UNUSED_BRANCHES).
+    "attention_head_4f": (_ATTENTION_4F, "generative_attention", {"part": "attention"}),
 }
 
 # PyTorch module names of the official IC heads and GenKD modules -> the Flax module names in the
@@ -115,12 +128,31 @@ _RENAMES = (
     (re.compile(r"^Att_Head_5c\.0\.conv1d\."), "attention_head.conv1d."),
     (re.compile(r"^Att_Head_5c\.1\."), "attention_head.gn1d."),
     (re.compile(r"^Att_Head_5c\.3\."), "attention_head.linear."),
+    (re.compile(r"^deconv2\.0\."), "attention_head.conv3d."),
+    (re.compile(r"^deconv2\.1\."), "attention_head.gn3d."),
+    (re.compile(r"^Att_Head_4f\.0\.conv1d\."), "attention_head.conv1d."),
+    (re.compile(r"^Att_Head_4f\.1\."), "attention_head.gn1d."),
+    (re.compile(r"^Att_Head_4f\.3\."), "attention_head.linear."),
     (re.compile(r"^cencoder\.con1\.0\."), "cvae.encoder.conv3d."),
     (re.compile(r"^cencoder\.con1\.1\."), "cvae.encoder.gn."),
     (re.compile(r"^cencoder\.(fc\d)\."), r"cvae.encoder.\1."),
     (re.compile(r"^cdecoder\.(fc\d)\."), r"cvae.decoder.\1."),
     (re.compile(r"^cdecoder\.deconv\.0\."), "cvae.decoder.deconv3d."),
     (re.compile(r"^cdecoder\.deconv\.1\."), "cvae.decoder.gn."),
+)
+# AFSD's BDNet (kd_jax.models.afsd): official CoarsePyramid names -> the Flax names in dotted form.
+# The backbone's keys arrive without `backbone._model.` (stripped like GenKD's) and get `backbone.`.
+_AFSD_HEAD = "coarse_pyramid_detection."
+_AFSD_RENAMES = (
+    (re.compile(r"^pyramids\.(\d+)\.0\."), r"pyramids_\1."),
+    (re.compile(r"^pyramids\.(\d+)\.1\."), r"pyramids_\1.gn."),
+    (re.compile(r"^(loc|conf)_tower\.(\d+)\.0\."), r"\1_tower_\2."),
+    (re.compile(r"^(loc|conf)_tower\.(\d+)\.1\."), r"\1_tower_\2.gn."),
+    (re.compile(r"^loc_heads\.(\d+)\.scale$"), r"loc_heads_\1.weight"),
+    (re.compile(r"^((?:loc|conf)_proposal_branch\.\w+)\.0\."), r"\1."),
+    (re.compile(r"^((?:loc|conf)_proposal_branch\.\w+)\.1\."), r"\1.gn."),
+    (re.compile(r"^deconv\.([036])\."), lambda m: f"deconv_{int(m[1]) // 3}."),
+    (re.compile(r"^deconv\.([147])\."), lambda m: f"deconv_{int(m[1]) // 3}.gn."),
 )
 _NO_PARTS: Mapping[str, Any] = types.MappingProxyType({})
 
@@ -228,12 +260,18 @@ def normalize_keys(state_dict: Mapping[str, np.ndarray],
   return out
 
 
-def drop_unused_branches(state_dict: Mapping[str, np.ndarray]
+def drop_unused_branches(state_dict: Mapping[str, np.ndarray], model_name: str | None = None
                          ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-  """Removes the entries of `UNUSED_BRANCHES` from a normalised state dict; returns the notes."""
+  """Removes the entries of `UNUSED_BRANCHES` from a normalised state dict; returns the notes.
+
+  Beside an AFSD network (`model_name='afsd'`, GenKD's detection BDNet) the Mixed_4f attention
+  branch is used and kept (it converts as the part `attention_head_4f`).
+  """
   kept, dropped = {}, {}
   for key, value in state_dict.items():
     for pattern, what in UNUSED_BRANCHES:
+      if model_name == "afsd" and pattern is _ATTENTION_4F:
+        continue
       if pattern.match(key):
         dropped.setdefault(what, []).append(key)
         break
@@ -249,7 +287,8 @@ def drop_unused_branches(state_dict: Mapping[str, np.ndarray]
 def infer_model(state_dict: Mapping[str, np.ndarray]) -> str:
   """The model a PyTorch state dict holds, from its key names (as saved, before normalising).
 
-  I3D / Top-heavy I3D by the temporal size of `Conv3d_1a_7x7`'s kernel (7 or 1); ResNet-18 / -50
+  AFSD's BDNet by its `coarse_pyramid_detection.*` entries; I3D / Top-heavy I3D by the temporal
+  size of `Conv3d_1a_7x7`'s kernel (7 or 1); ResNet-18 / -50
   by BasicBlock / Bottleneck, TSM when TSM's shift wrappers or `new_fc` are there; a GenKD CVAE
   or attention head alone is `generative_attention`, PKD IC heads alone `ic_heads`.
 
@@ -258,6 +297,8 @@ def infer_model(state_dict: Mapping[str, np.ndarray]) -> str:
   """
   keys = {_strip_prefixes(k) for k in state_dict}
   sd = normalize_keys(state_dict)
+  if any(k.startswith(_AFSD_HEAD) for k in sd):
+    return "afsd"
   stem = sd.get("Conv3d_1a_7x7.conv3d.weight")
   if stem is not None:
     return "i3d" if np.ndim(stem) == 5 and np.shape(stem)[2] > 1 else "top_i3d"
@@ -329,6 +370,18 @@ def rename_official(key: str) -> str:
   return key
 
 
+def rename_afsd(key: str) -> str:
+  """AFSD BDNet names (backbone prefix already stripped) -> the Flax names in dotted form."""
+  if not key.startswith(_AFSD_HEAD):
+    return "backbone." + key
+  head = key[len(_AFSD_HEAD):]
+  for pattern, repl in _AFSD_RENAMES:
+    new = pattern.sub(repl, head, count=1)
+    if new != head:
+      return _AFSD_HEAD + new
+  return key
+
+
 def _plain_init(model: Any, inputs: tuple[Any, ...]) -> Any:
   return model.init(jax.random.key(0), *inputs, train=False)
 
@@ -340,13 +393,14 @@ class _Spec(NamedTuple):
   inputs: example input shapes `(sd, kwargs) -> tuple` of positional arguments, each a shape tuple
     or a dict of shape tuples.
   init: `(model, inputs as ShapeDtypeStructs) -> variables`.
-  rename: to apply to the state dict's keys before mapping (official module names).
+  rename: to apply to the state dict's keys before mapping (official module names): True for
+    `rename_official`, or a function of one key.
   """
 
   infer: Callable[[Mapping[str, np.ndarray]], dict[str, Any]]
   inputs: Callable[[Mapping[str, np.ndarray], dict[str, Any]], tuple[Any, ...]]
   init: Callable[[Any, tuple[Any, ...]], Any] = _plain_init
-  rename: bool = False
+  rename: bool | Callable[[str], str] = False
 
 
 def _infer_resnet(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -429,6 +483,36 @@ def _attention_init(model: Any, inputs: tuple[Any, ...]) -> Any:
   return model.init(rngs, *inputs, mode="posterior")  # 'posterior' creates every CVAE parameter
 
 
+def _infer_afsd(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Backbone kind and input channels as for I3D (no classifier here), and the head's sizes."""
+  kw: dict[str, Any] = {}
+  stem = sd.get("backbone.Conv3d_1a_7x7.conv3d.weight")  # [64, C, t, 7, 7]
+  if stem is not None and np.ndim(stem) == 5:
+    kw["backbone"] = "i3d" if np.shape(stem)[2] > 1 else "top_i3d"
+    if int(np.shape(stem)[1]) != 3:
+      kw["in_channels"] = int(np.shape(stem)[1])
+  head = sd.get(_AFSD_HEAD + "conf_head.conv1d.weight")  # [K, C, 3]
+  if head is not None:
+    kw["num_classes"] = int(np.shape(head)[0])
+  pyramid = sd.get(_AFSD_HEAD + "pyramids_0.conv3d.weight")  # [C, 832, 1, h, w]
+  if pyramid is not None and int(np.shape(pyramid)[0]) != 512:
+    kw["channels"] = int(np.shape(pyramid)[0])
+  branch = sd.get(_AFSD_HEAD + "loc_proposal_branch.cur_point_conv.conv1d.weight")  # [P, C, 1]
+  if branch is not None and int(np.shape(branch)[0]) != 512:
+    kw["proposal_channels"] = int(np.shape(branch)[0])
+  return kw
+
+
+def _afsd_inputs(sd: Mapping[str, np.ndarray], kw: dict[str, Any]) -> tuple[Any, ...]:
+  """A 256-frame clip of the crop the pyramid kernel was made for: it spans the whole Mixed_4f
+  map, (1, 6, 6) for the official 96x96 crop, and Mixed_4f is 1/16 of the crop."""
+  crop = 96
+  pyramid = sd.get(_AFSD_HEAD + "pyramids_0.conv3d.weight")
+  if pyramid is not None and np.ndim(pyramid) == 5:
+    crop = 16 * int(np.shape(pyramid)[3])
+  return ((1, 256, crop, crop, kw.get("in_channels") or 3),)
+
+
 _RESNET = _Spec(_infer_resnet, lambda sd, kw: ((1, 64, 64, kw.get("in_channels", 3)),))
 _TSM = _Spec(_infer_tsm, lambda sd, kw: ((1, 2, 64, 64, kw.get("in_channels", 3)),))
 _I3D = _Spec(_infer_i3d, lambda sd, kw: ((1, 16, 224, 224, kw.get("in_channels") or 3),))
@@ -442,6 +526,7 @@ SPECS: dict[str, _Spec] = {
     "ic_heads": _Spec(_infer_ic_heads, _ic_inputs, rename=True),
     "generative_attention": _Spec(_infer_attention, _attention_inputs, _attention_init,
                                   rename=True),
+    "afsd": _Spec(_infer_afsd, _afsd_inputs, rename=rename_afsd),
 }
 
 
@@ -495,8 +580,9 @@ def _convert_one(sd: Mapping[str, np.ndarray], model_name: str, model_kwargs: Ma
   spec = SPECS[model_name]
   original = {k: k for k in sd}
   if spec.rename:
-    original = {rename_official(k): k for k in sd}
-    sd = {rename_official(k): v for k, v in sd.items()}
+    rename = rename_official if spec.rename is True else spec.rename
+    original = {rename(k): k for k in sd}
+    sd = {rename(k): v for k, v in sd.items()}
   kwargs = {**spec.infer(sd), **model_kwargs}
   inputs = spec.inputs(sd, kwargs)
   if model_name == "generative_attention":
@@ -543,11 +629,11 @@ def convert_state_dict(
     raise ValueError(
         f"no PyTorch mapping for model {model_name!r}; convertible: {', '.join(sorted(SPECS))}")
   raw = state_dict_to_numpy(state_dict)
-  sd, notes = drop_unused_branches(normalize_keys(raw, prefix))
   if model_name is None:
     model_name = infer_model(
         raw if prefix is None else {k[len(prefix):]: v for k, v in raw.items()
                                     if k.startswith(prefix)})
+  sd, notes = drop_unused_branches(normalize_keys(raw, prefix), model_name)
   main_sd, part_sds = _split_parts(sd, model_name)
   main = _convert_one(main_sd, model_name, model_kwargs, allow_unexpected=allow_unexpected)
   parts = {}
