@@ -168,12 +168,14 @@ class InceptionBlock(nn.Module):
     temporal: 3-D (True) or the Top-heavy 2-D form (False).
     init_scheme: 'pytorch' or 'flax'.
     dtype: computation dtype.
+    bn_momentum: Flax momentum of every BatchNorm's running statistics.
   """
 
   channels: Sequence[int]
   temporal: bool = True
   init_scheme: str = "pytorch"
   dtype: Any = None
+  bn_momentum: float = layers3d.I3D_BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
@@ -182,7 +184,8 @@ class InceptionBlock(nn.Module):
 
     def unit(features: int, kernel: Sequence[int], name: str) -> layers3d.Unit3D:
       return layers3d.Unit3D(
-          features, kernel, init_scheme=self.init_scheme, dtype=self.dtype, name=name
+          features, kernel, init_scheme=self.init_scheme, dtype=self.dtype,
+          bn_momentum=self.bn_momentum, name=name
       )
 
     b0 = unit(c0, (1, 1, 1), "b0")(x, train=train, mask=mask)
@@ -210,6 +213,10 @@ class InceptionI3d(nn.Module):
       ``(2, H, W)`` of the ``Mixed_5c`` map (equal to the default for 224x224 clips).
     init_scheme: 'pytorch' (PyTorch default init, as the from-scratch GenKD student) or 'flax'.
     dtype: computation dtype; parameters and BatchNorm statistics stay float32.
+    bn_momentum: Flax momentum of the BatchNorm running statistics; the default is I3D's
+      (PyTorch momentum 0.01). Short from-scratch runs need a faster one (the GenKD quickstart
+      uses 0.9): at 0.99 the statistics of a few hundred steps still carry their initial values
+      and evaluation collapses onto one class.
   """
 
   num_classes: int = 101
@@ -220,6 +227,7 @@ class InceptionI3d(nn.Module):
   head_pool: Sequence[int] | None = DEFAULT_HEAD_POOL
   init_scheme: str = "pytorch"
   dtype: Any = None
+  bn_momentum: float = layers3d.I3D_BN_MOMENTUM
 
   def setup(self):
     layers3d.check_init(self.init_scheme)
@@ -242,6 +250,7 @@ class InceptionI3d(nn.Module):
               spec.strides,
               init_scheme=self.init_scheme,
               dtype=self.dtype,
+              bn_momentum=self.bn_momentum,
           ),
       )
     for name, channels in MIXED_CHANNELS.items():
@@ -253,6 +262,7 @@ class InceptionI3d(nn.Module):
               temporal=not (self.top_heavy and name in TOP_HEAVY_2D_BLOCKS),
               init_scheme=self.init_scheme,
               dtype=self.dtype,
+              bn_momentum=self.bn_momentum,
           ),
       )
     self.dropout = nn.Dropout(self.dropout_rate)
@@ -331,7 +341,7 @@ def i3d(*, tiny: bool = False, **kwargs: Any) -> InceptionI3d:
       arguments win.
     **kwargs: :class:`InceptionI3d` attributes: ``num_classes`` (101), ``in_channels`` (None:
       any; 2 for optical flow), ``width`` (1.0), ``dropout_rate`` (0.5), ``head_pool``
-      ((2, 7, 7)), ``init_scheme`` ('pytorch'), ``dtype``.
+      ((2, 7, 7)), ``init_scheme`` ('pytorch'), ``dtype``, ``bn_momentum`` (0.99).
 
   Returns:
     An unbound linen module; ``apply(variables, clip, train=...)`` gives ``(logits, features)``.

@@ -129,6 +129,8 @@ class Unit3D(nn.Module):
     activation: applied last; ``None`` for the logits unit.
     init_scheme: 'pytorch' or 'flax', see the module docstring.
     dtype: computation dtype (parameters stay float32).
+    bn_momentum: Flax momentum of the running statistics (``1 -`` PyTorch's); I3D's 0.99 needs
+      thousands of steps to settle, too slow for a short from-scratch run.
   """
 
   features: int
@@ -139,6 +141,7 @@ class Unit3D(nn.Module):
   activation: Callable[[Array], Array] | None = nn.relu
   init_scheme: str = "pytorch"
   dtype: Dtype | None = None
+  bn_momentum: float = I3D_BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
@@ -159,7 +162,7 @@ class Unit3D(nn.Module):
     )(x)
     if self.use_batch_norm:
       x = layers.BatchNorm(
-          momentum=I3D_BN_MOMENTUM, epsilon=I3D_BN_EPSILON, dtype=self.dtype, name="bn"
+          momentum=self.bn_momentum, epsilon=I3D_BN_EPSILON, dtype=self.dtype, name="bn"
       )(x, train=train, mask=mask)
     if self.activation is not None:
       x = self.activation(x)
