@@ -274,10 +274,16 @@ def test_hmdb51_missing_or_packed_manual_dir(tmp_path, hmdb_dir, capsys):
     ("ucf101/split1", "genkd_ucf101", "ucf_dir"),
     ("hmdb51/split1", "genkd_hmdb51", "hmdb_dir"),
 ])
-def test_genkd_paper_config_runs_on_prepared_data(tmp_path, capsys, request, dataset, config,
-                                                  manual):
+def test_genkd_paper_config_runs_on_prepared_data(tmp_path, capsys, monkeypatch, request, dataset,
+                                                  config, manual):
   data_dir = tmp_path / "data"
   code, out, _ = _prepare(capsys, dataset, "--manual_dir", str(request.getfixturevalue(manual)),
+                          "--data_dir", str(data_dir))
+  assert code == 0 and "train 5, test 3; skipped: 1" in out, out
+  # The flow stream's dataset from the same manual dir (Farneback: TV-L1 is slow on a CPU).
+  monkeypatch.setenv("KD_JAX_FLOW_METHOD", "farneback")
+  flow = dataset.replace("/", "_flow/")
+  code, out, _ = _prepare(capsys, flow, "--manual_dir", str(request.getfixturevalue(manual)),
                           "--data_dir", str(data_dir))
   assert code == 0 and "train 5, test 3; skipped: 1" in out, out
   # 14-frame videos under 16-frame clips: the loop padding is exercised.
@@ -290,7 +296,8 @@ def test_genkd_paper_config_runs_on_prepared_data(tmp_path, capsys, request, dat
   assert f"{dataset}: 5 train / 3 eval videos, {classes} classes" in proc.stdout, proc.stdout
   results = json.loads((tmp_path / "wd" / "results.json").read_text())
   stages = results["stages"]
-  assert set(stages) == {"teacher", "student_baseline", "student_genkd"}
+  assert set(stages) == {"teacher", "student_baseline", "student_genkd", "flow_teacher",
+                         "flow_student"}
   for stage in stages.values():
     assert stage["num_examples"] == 3
     assert 0.0 <= stage["top1"] <= stage["top5"] <= 1.0
@@ -299,3 +306,15 @@ def test_genkd_paper_config_runs_on_prepared_data(tmp_path, capsys, request, dat
   assert terms["student_baseline"]["A"]["gd"] == terms["student_baseline"]["B"]["ad"] == 0.0
   assert terms["student_genkd"]["A"]["gd"] > 0.0 and terms["student_genkd"]["B"]["ad"] > 0.0
   assert os.path.exists(tmp_path / "wd" / "student.ckpt")
+  # Two-stream evaluation: every RGB network fused with its flow partner over the 3 test videos;
+  # each stream alone scores what its own stage's evaluation scored (same clips, same weights).
+  fused = results["two_stream"]
+  assert set(fused) == {"teacher", "student_baseline", "student_genkd"}
+  partner = {"teacher": "flow_teacher", "student_baseline": "flow_student",
+             "student_genkd": "flow_student"}
+  for name, row in fused.items():
+    assert row["videos"] == 3 and row["left_out"] == 0
+    assert row["rgb"]["top1"] == pytest.approx(stages[name]["top1"])
+    assert row["flow"]["top1"] == pytest.approx(stages[partner[name]]["top1"])
+    assert 0.0 <= row["two_stream"]["top1"] <= row["two_stream"]["top5"] <= 1.0
+  assert "two-stream" in (tmp_path / "wd" / "report.md").read_text()

@@ -58,6 +58,15 @@ def foreground(features: jax.Array, attention: jax.Array, *, scope: str = "globa
   return (fa * jnp.where(den > 0, num / safe, 1.0)).astype(features.dtype)
 
 
+def batch_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """The mean of per-example ``values [B]``; with ``mask`` (1 real, 0 padding) over the real
+  examples only: ``sum(values * mask) / sum(mask)`` (0 for a batch without real examples)."""
+  if mask is None:
+    return values.mean()
+  m = mask.astype(jnp.float32)
+  return jnp.sum(values.astype(jnp.float32) * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
 def video_scores(logits: jax.Array, kind: str = "double_softmax") -> jax.Array:
   """Per-time-step logits ``[B, T', K]`` -> video scores ``[B, K]``.
 
@@ -355,10 +364,9 @@ def _features(nets: Networks, backbone, batch_stats, x, *, train: bool):
   return nets.net.apply(variables, x, train=False, method="extract_features")[nets.tap], batch_stats
 
 
-def predict(nets: Networks, net_params: Mapping[str, Any], batch_stats: Any, x: jax.Array, *,
-            cls_loss: str = "double_softmax", renorm_scope: str = "per_sample"
-            ) -> tuple[jax.Array, jax.Array]:
-  """Inference with the attention path: ``(video scores [B, K], attention [B, T, C])``.
+def time_logits(nets: Networks, net_params: Mapping[str, Any], batch_stats: Any, x: jax.Array, *,
+                renorm_scope: str = "per_sample") -> tuple[jax.Array, jax.Array]:
+  """Inference with the attention path: ``(per-time-step logits [B, T', K], attention [B, T, C])``.
 
   ``net_params = {'backbone', 'attention_head'}``: what ``student.ckpt`` holds.
   """
@@ -366,4 +374,15 @@ def predict(nets: Networks, net_params: Mapping[str, Any], batch_stats: Any, x: 
   a = nets.head.apply({"params": net_params["attention_head"]}, f)
   logits = nets.net.apply({"params": net_params["backbone"]}, foreground(f, a, scope=renorm_scope),
                           train=False, method="classify")
+  return logits, a
+
+
+def predict(nets: Networks, net_params: Mapping[str, Any], batch_stats: Any, x: jax.Array, *,
+            cls_loss: str = "double_softmax", renorm_scope: str = "per_sample"
+            ) -> tuple[jax.Array, jax.Array]:
+  """Inference with the attention path: ``(video scores [B, K], attention [B, T, C])``.
+
+  ``net_params = {'backbone', 'attention_head'}``: what ``student.ckpt`` holds.
+  """
+  logits, a = time_logits(nets, net_params, batch_stats, x, renorm_scope=renorm_scope)
   return video_scores(logits, cls_loss), a

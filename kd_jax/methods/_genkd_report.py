@@ -36,10 +36,10 @@ def read_metrics(workdir: epath.Path) -> list[dict[str, Any]]:
 
 
 def epoch_summary(lines: Sequence[Mapping[str, Any]], result: Any, stage: str,
-                  steps_per_pass: int) -> dict[str, Any]:
+                  epoch_steps: int) -> dict[str, Any]:
   """Per-epoch eval accuracy (the stage's evaluation history) and training terms (its
-  ``metrics.jsonl`` lines) of one stage; ``result`` is its ``StageResult``."""
-  epoch_steps = 2 * steps_per_pass
+  ``metrics.jsonl`` lines) of one stage; ``result`` is its ``StageResult``, ``epoch_steps`` the
+  steps of one of its epochs (two passes of a GenKD stage, one of a plain flow stage)."""
   evals = {step // epoch_steps: {"top1": m["top1"], "top5": m.get("top5", float("nan"))}
            for step, m in result.history if "top1" in m}
   terms = {}
@@ -57,16 +57,24 @@ def epoch_summary(lines: Sequence[Mapping[str, Any]], result: Any, stage: str,
           "best_top1": best[1] if best else None}
 
 
+def stage_epochs(config: ml_collections.ConfigDict, name: str) -> int:
+  """The configured epochs of stage ``name``."""
+  block = {"teacher": config.teacher, "flow_teacher": config.flow.teacher,
+           "flow_student": config.flow.student}.get(name, config.student)
+  return int(block.epochs)
+
+
 def summarize(config: ml_collections.ConfigDict, workdir: epath.Path,
-              results: Mapping[str, Any], steps_per_pass: Mapping[str, int]
+              results: Mapping[str, Any], epoch_steps: Mapping[str, int]
               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float] | None]:
-  """``(summaries, rows, gain)`` of the finished stages (``results``: name -> ``StageResult``).
+  """``(summaries, rows, gain)`` of the finished stages (``results``: name -> ``StageResult``;
+  ``epoch_steps``: name -> the steps of one of its epochs).
 
   ``summaries``: :func:`epoch_summary` per stage; ``rows``: per stage the last and best evaluation
   and the epochs; ``gain``: the distilled student minus the baseline (None without a baseline).
   """
   lines = read_metrics(workdir)
-  summaries = {name: epoch_summary(lines, r, name, steps_per_pass[name])
+  summaries = {name: epoch_summary(lines, r, name, epoch_steps[name])
                for name, r in results.items()}
   rows = {}
   for name, r in results.items():
@@ -75,7 +83,7 @@ def summarize(config: ml_collections.ConfigDict, workdir: epath.Path,
     rows[name] = {"top1": m.get("top1"), "top5": m.get("top5"), "best_top1": s["best_top1"],
                   "step": r.pick().step,
                   "best_epoch": s["best_epoch"],
-                  "epochs": int((config.teacher if name == "teacher" else config.student).epochs)}
+                  "epochs": stage_epochs(config, name)}
   base = rows.get("student_baseline")
   gain = None
   if base is not None:
@@ -128,7 +136,10 @@ def accuracy_table(config: ml_collections.ConfigDict, rows: Mapping[str, Mapping
             "student_baseline": f"student ({config.student.model}), no distillation",
             "student_genkd": f"student ({config.student.model}), GenKD "
                              f"(GD {'on' if config.loss.use_gd else 'off'}, "
-                             f"AD {'on' if config.loss.use_ad else 'off'})"}
+                             f"AD {'on' if config.loss.use_ad else 'off'})",
+            "flow_teacher": f"flow teacher ({config.flow.teacher.model})",
+            "flow_student": f"flow student ({config.flow.student.model}), "
+                            + ("GenKD" if config.flow.kd else "cross-entropy")}
   cells = [[labels[name], _fmt(r["top1"]), _fmt(r["top5"]),
             f"{_fmt(r['best_top1'])} ({r['best_epoch']})", r["epochs"]]
            for name, r in rows.items()]
@@ -140,13 +151,33 @@ def accuracy_table(config: ml_collections.ConfigDict, rows: Mapping[str, Mapping
       ["model", f"top-1 ({which})", f"top-5 ({which})", "best top-1 (epoch)", "epochs"], cells)
 
 
+def two_stream_table(config: ml_collections.ConfigDict, fused: Mapping[str, Any]) -> str:
+  """RGB-only, flow-only and two-stream accuracy (%) per RGB network and its flow partner."""
+  flow_of = {"teacher": f"flow {config.flow.teacher.model}",
+             "student_baseline": f"flow {config.flow.student.model}",
+             "student_genkd": f"flow {config.flow.student.model}"}
+  cells = []
+  for name, r in fused.items():
+    cells.append([f"{name} + {flow_of[name]}"] + [
+        f"{_fmt(r[k]['top1'])} / {_fmt(r[k]['top5'])}" for k in ("rgb", "flow", "two_stream")]
+        + [r["videos"]])
+  kd = "GenKD from the flow teacher" if config.flow.kd else "cross-entropy (official)"
+  return (f"Two streams (genkd.md 7.2: softmax(l_rgb + l_flow) per time step, summed, softmax); "
+          f"flow networks trained with {kd}, flip `{config.flow.flip}`; top-1 / top-5 (%) over "
+          "the test videos both streams hold:\n\n" + R.markdown_table(
+              ["RGB + flow", "RGB only", "flow only", "two-stream", "videos"], cells))
+
+
 def write(config: ml_collections.ConfigDict, workdir: epath.Path, description: str,
           rows: Mapping[str, Mapping[str, Any]], gain: Mapping[str, float] | None,
-          timings: Mapping[str, float], ckpt_path: epath.Path) -> None:
-  """Writes ``report.md`` and prints the table (process 0 only; ``curves.png`` is already there)."""
+          timings: Mapping[str, float], ckpt_path: epath.Path,
+          two_stream: Mapping[str, Any] | None = None) -> None:
+  """Writes ``report.md`` and prints the tables (process 0 only; ``curves.png`` is already there)."""
   if jax.process_index() != 0:
     return
   table = accuracy_table(config, rows, gain)
+  if two_stream:
+    table += "\n\n" + two_stream_table(config, two_stream)
   lc = config.loss
   report = [
       "# GenKD: generative model-based feature distillation", "",

@@ -76,9 +76,12 @@ import ml_collections
 import numpy as np
 
 from kd_jax import losses
+from kd_jax import models
 from kd_jax import train
 from kd_jax.errors import UserError
 from kd_jax.methods import _common
+from kd_jax.methods import _genkd_flow
+from kd_jax.methods import _genkd_model
 from kd_jax.methods import _genkd_report
 from kd_jax.methods import _runs
 from kd_jax.methods._genkd_model import CLS_LOSSES
@@ -88,6 +91,7 @@ from kd_jax.methods._genkd_model import Networks
 from kd_jax.methods._genkd_model import RAMPS
 from kd_jax.methods._genkd_model import RENORM_SCOPES
 from kd_jax.methods._genkd_model import _features
+from kd_jax.methods._genkd_model import batch_mean
 from kd_jax.methods._genkd_model import alternating
 from kd_jax.methods._genkd_model import build_networks
 from kd_jax.methods._genkd_model import classification_loss
@@ -102,6 +106,7 @@ from kd_jax.methods._genkd_model import reconstruction_weight
 from kd_jax.methods._genkd_model import video_scores  # noqa: F401  (re-exported)
 from kd_jax.train import checkpoint
 from kd_jax.train import optim
+from kd_jax.train import weights
 
 if TYPE_CHECKING:  # Imported where used: the video stack is slow to import.
   from kd_jax.data import streams
@@ -114,15 +119,6 @@ METRIC_KEYS = ("pass", "epoch", "cvae", "gd", "cls", "rec", "rec_weight", "ad")
 
 # ------------------------------------------------------------------------------------------------
 # The two-pass step.
-
-
-def batch_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-  """The mean of per-example ``values [B]``; with ``mask`` (1 real, 0 padding) over the real
-  examples only: ``sum(values * mask) / sum(mask)`` (0 for a batch without real examples)."""
-  if mask is None:
-    return values.mean()
-  m = mask.astype(jnp.float32)
-  return jnp.sum(values.astype(jnp.float32) * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 def _train_features(nets: Networks, backbone, batch_stats, x, mask):
@@ -320,6 +316,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
       (config.pass_length in PASS_LENGTHS,
        f"config.pass_length must be one of {', '.join(PASS_LENGTHS)}, got {config.pass_length!r}"),
       (int(config.train.grad_accum_steps) >= 1, "config.train.grad_accum_steps must be >= 1"),
+      (config.flow.flip in _genkd_flow.FLOW_FLIPS,
+       f"config.flow.flip must be one of {', '.join(_genkd_flow.FLOW_FLIPS)}"),
+      (not config.flow.enabled or min(config.flow.teacher.epochs, config.flow.student.epochs) >= 1,
+       "config.flow.teacher/student.epochs must be >= 1 (or config.flow.enabled=False)"),
   ]
   for ok, message in checks:
     if not ok:
@@ -361,9 +361,10 @@ def _stage(setup: Setup, name: str, nets: Networks, block: ml_collections.Config
   return stage, steps_per_pass
 
 
-def make_setup(config: ml_collections.ConfigDict, data: streams.Streams) -> Setup:
+def make_setup(config: ml_collections.ConfigDict, data: streams.Streams, channels: int = 3
+               ) -> Setup:
   dcfg = config.data
-  clip_shape = (int(dcfg.clip_len), int(dcfg.crop_size), int(dcfg.crop_size), 3)
+  clip_shape = (int(dcfg.clip_len), int(dcfg.crop_size), int(dcfg.crop_size), channels)
   att = _common.model_kwargs(config.attention.kwargs)
   teacher = build_networks(config.teacher.model, _common.model_kwargs(config.teacher.kwargs), att,
                            data.num_classes, config.attention.tap)
@@ -376,7 +377,7 @@ def make_setup(config: ml_collections.ConfigDict, data: streams.Streams) -> Setu
   return Setup(config, data, clip_shape, teacher, student)
 
 
-def teacher_stage(setup: Setup) -> tuple[train.Stage, int]:
+def teacher_stage(setup: Setup, name: str = "teacher") -> tuple[train.Stage, int]:
   """Phase 1: the teacher network, attention head and CVAE."""
   pretrained = load_pretrained(setup.config.teacher, "config.teacher")
   nets = setup.teacher
@@ -384,7 +385,7 @@ def teacher_stage(setup: Setup) -> tuple[train.Stage, int]:
   def init_fn(key):
     return init_variables(nets, jax.random.fold_in(key, 1), setup.clip_shape, pretrained)
 
-  return _stage(setup, "teacher", nets, setup.config.teacher,
+  return _stage(setup, name, nets, setup.config.teacher,
                 loss_config(setup.config, teacher=True), init_fn)
 
 
@@ -461,6 +462,8 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   t_start = time.monotonic()
   _check_config(config)
   data = load_data(config.data, _common.holdout(config))
+  # Opened before any training, so that a missing flow dataset stops the run at once.
+  flow_data = load_flow_data(config) if config.flow.enabled else None
   setup = make_setup(config, data)
   runner = train.Runner(config, workdir)
   timings, results, spp = {}, {}, {}
@@ -496,15 +499,155 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if not ckpt_path.exists():
     save_student(ckpt_path, picked, meta)
 
-  summaries, rows, gain = _genkd_report.summarize(config, runner.workdir, results, spp)
+  epoch_steps = {name: 2 * n for name, n in spp.items()}
+  two_stream = None
+  if config.flow.enabled:
+    two_stream = _flow_stream(config, runner, setup, flow_data, results, timings, epoch_steps)
+  summaries, rows, gain = _genkd_report.summarize(config, runner.workdir, results, epoch_steps)
   timings["total"] = time.monotonic() - t_start
   if jax.process_index() == 0:
     _genkd_report.plot_curves(summaries, os.fspath(runner.workdir / _genkd_report.PLOT))
   extra = {"genkd": rows, "gain": gain, "curves": summaries, "data": data.description,
-           "seconds": timings, "student_checkpoint": os.fspath(ckpt_path)}
+           "seconds": timings, "student_checkpoint": os.fspath(ckpt_path),
+           "two_stream": two_stream}
   out = runner.write_results(extra)
-  _genkd_report.write(config, runner.workdir, data.description, rows, gain, timings, ckpt_path)
+  _genkd_report.write(config, runner.workdir, data.description, rows, gain, timings, ckpt_path,
+                      two_stream)
   return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The flow stream (config.flow) and the two-stream evaluation (genkd.md 7.2).
+
+
+def _flow_block(rgb: ml_collections.ConfigDict, flow: ml_collections.ConfigDict
+                ) -> ml_collections.ConfigDict:
+  """A GenKD network block of the flow stream: the flow block's network and recipe with the RGB
+  block's GenKD settings (CVAE optimiser, ramp), for 2-channel clips."""
+  block = ml_collections.ConfigDict(rgb.to_dict())
+  for key in ("model", "epochs", "batch_size", "eval_every_epochs", "optimizer", "checkpoint"):
+    block[key] = flow[key]
+  block.kwargs = ml_collections.ConfigDict(
+      {**_common.model_kwargs(flow.kwargs), "in_channels": 2})
+  block.cvae_checkpoint = ""
+  return block
+
+
+def _plain_stage(config: ml_collections.ConfigDict, name: str, block: ml_collections.ConfigDict,
+                 data: streams.Streams, clip_shape: tuple[int, ...]) -> tuple[train.Stage, Any, int]:
+  """A flow network trained with cross-entropy on its plain ``Mixed_5c`` logits (the official
+  flow stream): ``(stage, network, steps per epoch)``."""
+  where = f"config.flow.{name.removeprefix('flow_')}"
+  try:
+    net = models.get(block.model, num_classes=data.num_classes,
+                     **{**_common.model_kwargs(block.kwargs), "in_channels": 2})
+  except ValueError as e:
+    raise UserError(f"cannot build {where} ({block.model}): {e}") from None
+  pretrained = load_pretrained(block, where) or {}
+  batch, n = int(block.batch_size), len(data.opened.train)
+  whole_epochs = config.pass_length == "epoch"
+  per_epoch = -(-n // batch) if whole_epochs else n // batch
+  if per_epoch < 1:
+    raise UserError(f"{where}.batch_size={batch} exceeds the {n} training videos")
+  num_steps = int(block.epochs) * per_epoch
+  eval_every = per_epoch * max(1, int(block.eval_every_epochs))
+
+  def init_fn(key):
+    v = net.init(jax.random.fold_in(key, 3), jnp.zeros((1, *clip_shape), jnp.float32),
+                 train=False)
+    params, stats = v["params"], v.get("batch_stats", {})
+    if "params" in pretrained:
+      kw = dict(what=f"{where}.checkpoint", hint="convert pytorch-i3d flow_imagenet.pt or the "
+                "official flow student (python -m kd_jax.models.convert)")
+      skip = weights.mismatched_heads(params, pretrained["params"], ("logits",))
+      params = weights.merge_pretrained(params, pretrained["params"], skip=skip, **kw)
+      stats = weights.merge_pretrained(stats, pretrained.get("batch_stats", {}), **kw)
+    return params, {"batch_stats": stats}
+
+  lc = loss_config(config, teacher=False)
+  stage = train.Stage(
+      name=name, init_fn=init_fn, loss_fn=_genkd_flow.make_loss_fn(net, lc.cls_loss),
+      optimizer=block.optimizer, num_steps=num_steps, global_batch_size=batch,
+      train_data=lambda per_host: data.train(per_host, seed=config.seed,
+                                             whole_epochs=whole_epochs),
+      eval_fn=_genkd_flow.make_eval_fn(net, lc.cls_loss), eval_data=data.eval,
+      val_data=_common.val_batches(data), eval_every=eval_every if eval_every < num_steps else 0)
+  return stage, net, per_epoch
+
+
+def _video_ids(source: Any):
+  def ids(indices: np.ndarray) -> list[str]:
+    out = []
+    for i in indices:
+      vid = source[int(i)]["video_id"]
+      out.append(vid.decode() if isinstance(vid, bytes) else str(vid))
+    return out
+  return ids
+
+
+def load_flow_data(config: ml_collections.ConfigDict) -> streams.Streams:
+  """The optical flow of ``config.data``'s dataset (``<name>_flow``, same config and splits) as
+  2-channel clips of the same length; generated on first use for ``synthetic_actions``."""
+  from kd_jax.data import flow_pipeline  # pylint: disable=g-import-not-at-top
+  return flow_pipeline.open_flow_streams(config.data, holdout=_common.holdout(config),
+                                         clip_len=int(config.data.clip_len),
+                                         flow_flip=config.flow.flip)
+
+
+def _flow_stream(config: ml_collections.ConfigDict, runner: train.Runner, setup: Setup,
+                 fdata: streams.Streams, results: dict[str, Any], timings: dict[str, float],
+                 epoch_steps: dict[str, int]) -> dict[str, Any]:
+  """Trains the flow networks (``config.flow``) and fuses them with the RGB networks; returns
+  ``{model: {'rgb', 'flow', 'two_stream': {'top1', 'top5'}, 'videos', 'left_out'}}``."""
+  t0 = time.monotonic()
+  fc, lc = config.flow, loss_config(config, teacher=False)
+  per_host = max(1, int(config.student.batch_size) // jax.process_count())
+  if fc.kd:  # GenKD on flow too (not the paper's setting): phase 1 and phase 2 on flow clips
+    fconfig = ml_collections.ConfigDict(config.to_dict())
+    fconfig.teacher = _flow_block(config.teacher, fc.teacher)
+    fconfig.student = _flow_block(config.student, fc.student)
+    fsetup = make_setup(fconfig, fdata, channels=2)
+    stage, n = teacher_stage(fsetup, "flow_teacher")
+    results["flow_teacher"], epoch_steps["flow_teacher"] = runner.run(stage), 2 * n
+    stage, n = student_stage(fsetup, "flow_student", teacher_variables(
+        results["flow_teacher"].pick()), use_gd=bool(config.loss.use_gd),
+                             use_ad=bool(config.loss.use_ad))
+    results["flow_student"], epoch_steps["flow_student"] = runner.run(stage), 2 * n
+
+    def flow_logits(name):
+      state, nets = results[name].pick(), (fsetup.teacher if name == "flow_teacher"
+                                           else fsetup.student)
+      return lambda x: _genkd_model.time_logits(
+          nets, state.params["net"], state.model_state["batch_stats"], x,
+          renorm_scope=lc.eval_renorm_scope)[0]
+  else:
+    nets = {}
+    clip_shape = setup.clip_shape[:-1] + (2,)
+    for name, block in (("flow_teacher", fc.teacher), ("flow_student", fc.student)):
+      stage, nets[name], epoch_steps[name] = _plain_stage(config, name, block, fdata, clip_shape)
+      results[name] = runner.run(stage)
+
+    def flow_logits(name):
+      state = results[name].pick()
+      variables = {"params": state.params, "batch_stats": state.model_state["batch_stats"]}
+      return lambda x: _genkd_flow.plain_logits(nets[name], variables, x)
+  timings["flow"] = time.monotonic() - t0
+
+  def rgb_logits(name):
+    state = results[name].pick()
+    nets = setup.teacher if name == "teacher" else setup.student
+    return lambda x: _genkd_model.time_logits(nets, state.params["net"],
+                                              state.model_state["batch_stats"], x,
+                                              renorm_scope=lc.eval_renorm_scope)[0]
+
+  rgb_ids, flow_ids = _video_ids(setup.data.opened.eval), _video_ids(fdata.opened.eval)
+  flow = {name: _genkd_flow.collect(flow_logits(name), fdata.eval(per_host), flow_ids)
+          for name in ("flow_teacher", "flow_student")}
+  pairs = [("teacher", "flow_teacher"), ("student_baseline", "flow_student"),
+           ("student_genkd", "flow_student")]
+  return {rgb: _genkd_flow.fuse(_genkd_flow.collect(rgb_logits(rgb), setup.data.eval(per_host),
+                                                    rgb_ids), flow[f], lc.cls_loss)
+          for rgb, f in pairs if rgb in results}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,6 +701,7 @@ def base_config() -> ml_collections.ConfigDict:
       cls_loss="double_softmax", renorm_scope="global", eval_renorm_scope="per_sample",
       kl_weight=0.1, rec_max_weight=0.5, rec_ramp_epochs=20, rec_detach_target=False,
       gd_variant="v8", gd_weight=0.01, ad_weight=0.1, use_gd=True, use_ad=True))
+  config.flow = _genkd_flow.flow_config()
   return config
 
 
@@ -576,6 +720,11 @@ def smoke_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     block.optimizer = train.optimizer_config(name="adam", learning_rate=2e-3, weight_decay=5e-4)
     block.cvae_optimizer = train.optimizer_config(name="adam", learning_rate=1e-3, b1=0.8)
   config.teacher.checkpoint = ""
+  for block in (config.flow.teacher, config.flow.student):
+    block.kwargs = ml_collections.ConfigDict(dict(tiny=True))
+    block.epochs, block.batch_size, block.eval_every_epochs = 1, 4, 1
+    block.optimizer = train.optimizer_config(name="adam", learning_rate=2e-3, weight_decay=5e-4)
+    block.checkpoint = ""
   config.attention.kwargs = ml_collections.ConfigDict(dict(tiny=True))
   config.train.log_every = 1
   config.train.checkpoint_every = 100
