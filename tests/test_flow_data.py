@@ -108,6 +108,11 @@ def test_synthetic_flow_sized_config_through_open_flow_streams(tmp_path):
   # The command line names the same copy.
   builder = prepare.get_builder(f"synthetic_actions_flow/{name}", data_dir=str(tmp_path))
   assert builder.is_prepared() and builder.name == "synthetic_actions_flow"
+  # A run that asks for the method the copy holds opens it; another method is one line that says
+  # which flow is there and what to do (the method is not part of the name).
+  assert len(fp.open_flow_streams(dcfg, clip_len=8, flow_method="farneback").opened.train) == 4
+  with pytest.raises(UserError, match=r"holds farneback flow, not the tvl1 .*remove"):
+    fp.open_flow_streams(dcfg, clip_len=8, flow_method="tvl1")
   # Not prepared and not to be generated: one line with the command.
   dcfg.auto_prepare = False
   dcfg.synthetic.num_classes = 3

@@ -253,9 +253,14 @@ def flow_name(name: str) -> str:
   return flow
 
 
-def open_flow_splits(dcfg: Any, *, sized: bool) -> sources.Splits:
+def open_flow_splits(dcfg: Any, *, sized: bool, flow_method: str | None = None) -> sources.Splits:
   """The flow dataset of a method's ``config.data`` (its RGB dataset's name, config, size, data
-  directory and splits), generated on first use where ``synthetic_actions`` would be."""
+  directory and splits), generated on first use where ``synthetic_actions`` would be.
+
+  ``flow_method``: the optical flow the dataset must hold (None: any); generated with it on
+  first use, and a prepared copy made with another method is an error (the method is not part of
+  the dataset's name, so both cannot sit in one data directory).
+  """
   name = flow_name(dcfg.name)
   data_dir = prepare.resolve_data_dir(sources.config_data_dir(dcfg.data_dir))
   if sized:
@@ -267,7 +272,7 @@ def open_flow_splits(dcfg: Any, *, sized: bool) -> sources.Splits:
     full = f"{name}/{dcfg.config}" if dcfg.config else name
 
   def make():
-    return prepare.get_builder(full, data_dir=data_dir)
+    return prepare.get_builder(full, data_dir=data_dir, flow_method=flow_method or None)
 
   builder = make()
   if dcfg.auto_prepare and builder.name in prepare.GENERATED:
@@ -279,13 +284,20 @@ def open_flow_splits(dcfg: Any, *, sized: bool) -> sources.Splits:
                        f"{builder.data_dir_root}; run: {prepare.command(builder)}{hint}")
   fields = sources.DEFAULT_SPLIT_FIELDS
   train = _source(builder, dcfg.train_split, fields[0])
+  if flow_method and len(train):
+    stored = flow_builders.StoredFlow(train[0]["flow"]).method
+    if stored != flow_method:
+      raise DatasetError(
+          f"{builder.name}/{builder.builder_config.name} in {builder.data_dir_root} holds "
+          f"{stored} flow, not the {flow_method} this run asks for: remove "
+          f"{builder.data_dir} to rebuild it, or use another data_dir")
   evaluation = _source(builder, dcfg.eval_split, fields[1])
   return sources.Splits(builder, train, evaluation, list(builder.info.features["label"].names))
 
 
 def open_flow_streams(dcfg: Any, *, sized: bool | None = None, holdout: float = 0.0,
                       clip_len: int = 64, flow_flip: str | None = None,
-                      **spec_fields: Any) -> FlowStreams:
+                      flow_method: str | None = None, **spec_fields: Any) -> FlowStreams:
   """The flow counterpart of :func:`kd_jax.data.streams.open_streams` for ``config.data``.
 
   Opens ``<config.data.name>_flow`` with the same config (or synthetic size), data directory and
@@ -301,6 +313,8 @@ def open_flow_streams(dcfg: Any, *, sized: bool | None = None, holdout: float = 
       when both datasets hold the same videos.
     clip_len: fields per clip.
     flow_flip: ``negate_x`` or ``mirror``; default ``dcfg.flow_flip``, else ``negate_x``.
+    flow_method: the flow the dataset must hold (``tvl1``, ``farneback``; None: any), see
+      :func:`open_flow_splits`.
     **spec_fields: other :class:`FlowClipSpec` fields (``stride``, ``scales``, ...).
 
   Raises:
@@ -309,7 +323,7 @@ def open_flow_streams(dcfg: Any, *, sized: bool | None = None, holdout: float = 
   if sized is None:
     sized = dcfg.name in ("synthetic_actions", "synthetic_actions_flow") and dcfg.config == "custom"
   try:
-    opened = open_flow_splits(dcfg, sized=sized)
+    opened = open_flow_splits(dcfg, sized=sized, flow_method=flow_method)
     flip = sources.parse_flip(dcfg.flip)
     spec = FlowClipSpec(clip_len=clip_len, crop_size=dcfg.crop_size,
                         resize_size=dcfg.resize_size or None, flip=flip,

@@ -142,11 +142,12 @@ def synthetic_config_name(*, num_classes: int, train_clips: int, test_clips: int
 
 def synthetic_builder(*, num_classes: int, train_clips: int, test_clips: int, num_frames: int,
                       height: int, width: int, seed: int = 0, data_dir: str | None = None,
-                      flow: bool = False):
+                      flow: bool = False, flow_method: str | None = None):
   """A ``synthetic_actions`` builder of any size, its config named by :func:`synthetic_config_name`.
 
   Methods that ask for the same size share one prepared copy (the name is the cache key).
-  ``flow``: the ``synthetic_actions_flow`` builder of that size (the clips' optical flow).
+  ``flow``: the ``synthetic_actions_flow`` builder of that size (the clips' optical flow),
+  computed with ``flow_method`` (None: ``$KD_JAX_FLOW_METHOD``, else TV-L1).
   """
   from kd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from kd_jax.data.builders import synthetic_actions as sa  # pylint: disable=g-import-not-at-top
@@ -164,25 +165,28 @@ def synthetic_builder(*, num_classes: int, train_clips: int, test_clips: int, nu
   if flow:
     from kd_jax.data.builders import flow as flow_builders  # pylint: disable=g-import-not-at-top
     return flow_builders.SyntheticActionsFlow(config=config, data_dir=data_dir,
-                                              file_format="array_record")
+                                              file_format="array_record", flow_method=flow_method)
   return sa.SyntheticActions(config=config, data_dir=data_dir, file_format="array_record")
 
 
-def get_builder(name: str, *, data_dir: str | None = None):
+def get_builder(name: str, *, data_dir: str | None = None, flow_method: str | None = None):
   """``builders.get_builder``, plus the sized ``synthetic_actions`` configs the methods generate.
 
   So that the command in a "not prepared" message (:func:`command`) prepares exactly the copy a
-  method asked for, e.g. ``synthetic_actions/c12_24x12_f24_48x64``.
+  method asked for, e.g. ``synthetic_actions/c12_24x12_f24_48x64``. ``flow_method``: the optical
+  flow method of a ``*_flow`` dataset's builder (None: its default).
   """
   base, config = builders.split_name(name)
   sized = (_SIZED.fullmatch(config or "") if base in ("synthetic_actions", "synthetic_actions_flow")
            else None)
+  flow = base.endswith("_flow")
   if sized is None:
-    return builders.get_builder(name, data_dir=data_dir)
+    extra = {"flow_method": flow_method} if flow and flow_method else {}
+    return builders.get_builder(name, data_dir=data_dir, **extra)
   c, tr, te, f, h, w, seed = sized.groups()
   return synthetic_builder(num_classes=int(c), train_clips=int(tr), test_clips=int(te),
                            num_frames=int(f), height=int(h), width=int(w), seed=int(seed or 0),
-                           data_dir=data_dir, flow=base == "synthetic_actions_flow")
+                           data_dir=data_dir, flow=flow, flow_method=flow_method)
 
 
 def command(builder) -> str:

@@ -135,6 +135,9 @@ def flow_config() -> Any:
       # The flip of a flow clip: 'negate_x' mirrors the field and negates its x component (a
       # mirrored motion moves the other way); 'mirror' only mirrors, as the official loader.
       flip="negate_x",
+      # The optical flow the flow dataset must hold: '' any (a dataset generated here: TV-L1, or
+      # $KD_JAX_FLOW_METHOD), 'tvl1' (the official data's) or 'farneback' (fast, less accurate).
+      method="",
       # The official flow networks train with cross-entropy only; True distils the flow student
       # from the flow teacher with GenKD as the RGB one (not the paper's setting).
       kd=False,

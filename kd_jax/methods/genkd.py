@@ -591,7 +591,8 @@ def load_flow_data(config: ml_collections.ConfigDict) -> streams.Streams:
   from kd_jax.data import flow_pipeline  # pylint: disable=g-import-not-at-top
   return flow_pipeline.open_flow_streams(config.data, holdout=_common.holdout(config),
                                          clip_len=int(config.data.clip_len),
-                                         flow_flip=config.flow.flip)
+                                         flow_flip=config.flow.flip,
+                                         flow_method=config.flow.method or None)
 
 
 def _flow_stream(config: ml_collections.ConfigDict, runner: train.Runner, setup: Setup,

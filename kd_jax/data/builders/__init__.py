@@ -49,13 +49,14 @@ def split_name(name: str) -> tuple[str, str | None]:
   return base, config or None
 
 
-def get_builder(name: str, *, data_dir: str | None = None, config=None):
+def get_builder(name: str, *, data_dir: str | None = None, config=None, **kwargs):
   """A builder for ``NAME`` or ``NAME/CONFIG``, writing array_record files under ``data_dir``.
 
   Args:
     name: dataset name, optionally with ``/CONFIG``.
     data_dir: TFDS data directory (default ``~/tensorflow_datasets``).
     config: a config name or ``BuilderConfig`` object; overrides the one in ``name``.
+    **kwargs: the builder's own arguments (e.g. ``flow_method`` of the ``*_flow`` builders).
   """
   base, config_name = split_name(name)
   cls = builder_class(base)
@@ -63,7 +64,7 @@ def get_builder(name: str, *, data_dir: str | None = None, config=None):
   known = [c.name for c in cls.BUILDER_CONFIGS]
   if isinstance(config, str) and config not in known:
     raise DatasetError(f"{base} has no config {config!r}; choose one of {', '.join(known)}")
-  return cls(config=config, data_dir=data_dir, file_format="array_record")
+  return cls(config=config, data_dir=data_dir, file_format="array_record", **kwargs)
 
 
 def data_source(name: str, split: str, *, data_dir: str | None = None):
