@@ -28,7 +28,7 @@ Training, evaluation and the whole-epoch form follow :mod:`kd_jax.data.pipeline`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import grain
@@ -51,9 +51,7 @@ FLOW_DATASETS = ("ucf101_flow", "hmdb51_flow", "synthetic_actions_flow")
 
 # The RGB pipelines' helpers, reused so that both streams order, seed, slice and open alike.
 # pylint: disable=protected-access
-_process, _indexed, _finish = pipeline._process, pipeline._indexed, pipeline._finish
-_dataset_name = pipeline._dataset_name
-_LookupPadded, _DecodePadded = streams._LookupPadded, streams._DecodePadded
+_dataset_name, _video_name = pipeline._dataset_name, pipeline._video_name
 _generate_once, _source = sources._generate_once, sources._source
 # pylint: enable=protected-access
 
@@ -120,12 +118,6 @@ def flow_input(q: np.ndarray, spec: FlowClipSpec, *, train: bool,
   return x
 
 
-def _record_name(record: Mapping[str, Any], index: int) -> str:
-  vid = record.get("video_id", b"")
-  vid = vid.decode() if isinstance(vid, bytes) else str(vid)
-  return f"record {index} ({vid})" if vid else f"record {index}"
-
-
 class DecodeFlow(grain.transforms.RandomMap):
   """Record -> ``{'video', 'label', 'index'}``; random offset, crop and flip when ``train``."""
 
@@ -138,24 +130,11 @@ class DecodeFlow(grain.transforms.RandomMap):
 
   def decode(self, index: int, record: Mapping[str, Any],
              rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    stored = flow_builders.StoredFlow(record["flow"], name=_record_name(record, index))
+    stored = flow_builders.StoredFlow(record["flow"], name=_video_name(record, index))
     idx = sampling.dense_clip_indices(stored.num_frames, self.spec.clip_len, train=self.train,
                                       rng=rng, stride=self.spec.stride)
     x = flow_input(stored.frames(idx), self.spec, train=self.train, rng=rng, flip=self.flip)
     return {"video": x, "label": np.int32(record["label"]), "index": np.int32(index)}
-
-
-class _DecodeEval(grain.transforms.Map):
-  """Padded position -> decoded clip with ``mask``; positions past the end repeat real records."""
-
-  def __init__(self, source, spec: FlowClipSpec):
-    self.source, self.decoder = source, DecodeFlow(spec, train=False, flip=False)
-
-  def map(self, position: int):
-    index = int(position) % len(self.source)
-    out = self.decoder.decode(index, self.source[index])
-    out["mask"] = np.bool_(position < len(self.source))
-    return out
 
 
 def resolve_flip(spec: FlowClipSpec, source) -> bool:
@@ -166,83 +145,32 @@ def resolve_flip(spec: FlowClipSpec, source) -> bool:
   return name.removesuffix("_flow") not in pipeline.DIRECTION_SENSITIVE
 
 
-def _check(source, batch_size: int) -> None:
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if len(source) == 0:
-    raise ValueError("the data source is empty")
-
-
-def make_train(source, spec: FlowClipSpec, *, batch_size: int, seed: int,
-               num_epochs: int | None = None, num_workers: int = 0, read_threads: int = 1,
-               prefetch: int = 2, process_index: int | None = None,
-               process_count: int | None = None) -> grain.IterDataset:
-  """Shuffled, repeated, augmented flow clips, sliced per process, batched per host: as
-  :func:`kd_jax.data.pipeline.make_train` (same order and per-position seeding)."""
-  index, count = _process(process_index, process_count)
-  _check(source, batch_size)
+def make_train(source, spec: FlowClipSpec, **kwargs: Any) -> grain.IterDataset:
+  """Shuffled, repeated, augmented flow clips: :func:`kd_jax.data.pipeline.make_train` (same
+  order, per-position seeding, process slicing) with the flow decoder."""
   decoder = DecodeFlow(spec, train=True, flip=resolve_flip(spec, source))
-  ds = _indexed(source).seed(seed).shuffle().repeat(num_epochs)
-  ds = ds.random_map(decoder)[index::count].batch(batch_size, drop_remainder=True)
-  return _finish(ds, num_workers, read_threads, prefetch)
+  return pipeline.make_train(source, spec, decoder=decoder, **kwargs)
 
 
-def make_train_epochs(source, spec: FlowClipSpec, *, batch_size: int, seed: int,
-                      num_workers: int = 0, read_threads: int = 1, prefetch: int = 2,
-                      process_index: int | None = None, process_count: int | None = None
-                      ) -> grain.IterDataset:
-  """Whole epochs of flow clips, the last batch padded, with ``mask``: as
-  :func:`kd_jax.data.streams.make_train_epochs`."""
-  index, count = _process(process_index, process_count)
-  _check(source, batch_size)
+def make_train_epochs(source, spec: FlowClipSpec, **kwargs: Any) -> grain.IterDataset:
+  """Whole epochs of flow clips, the last batch padded, with ``mask``:
+  :func:`kd_jax.data.streams.make_train_epochs` with the flow decoder."""
   decoder = DecodeFlow(spec, train=True, flip=resolve_flip(spec, source))
-  order = streams.PaddedEpochs(len(source), batch_size * count, seed)
-  ds = grain.MapDataset.source(order).seed(seed)
-  ds = ds.map(_LookupPadded(source)).random_map(_DecodePadded(decoder))
-  ds = ds[index::count].batch(batch_size, drop_remainder=True)
-  return _finish(ds, num_workers, read_threads, prefetch)
+  return streams.make_train_epochs(source, spec, decoder=decoder, **kwargs)
 
 
-def make_eval(source, spec: FlowClipSpec, *, batch_size: int, num_workers: int = 0,
-              read_threads: int = 1, prefetch: int = 2, process_index: int | None = None,
-              process_count: int | None = None) -> grain.IterDataset:
-  """One deterministic pass, padded to the same batch count on every process (``mask`` False on
-  padding): as :func:`kd_jax.data.pipeline.make_eval`."""
-  index, count = _process(process_index, process_count)
-  _check(source, batch_size)
-  total = pipeline.eval_steps(len(source), batch_size, count) * batch_size * count
-  ds = grain.MapDataset.range(total)[index::count].map(_DecodeEval(source, spec))
-  ds = ds.batch(batch_size, drop_remainder=True)
-  return _finish(ds, num_workers, read_threads, prefetch)
+def make_eval(source, spec: FlowClipSpec, **kwargs: Any) -> grain.IterDataset:
+  """One deterministic, padded pass (``mask`` False on padding):
+  :func:`kd_jax.data.pipeline.make_eval` with the flow decoder."""
+  return pipeline.make_eval(source, spec, decoder=DecodeFlow(spec, train=False, flip=False),
+                            **kwargs)
 
 
 class FlowStreams(streams.Streams):
   """:class:`kd_jax.data.streams.Streams` of flow clips: the same ``train()`` / ``eval()``."""
 
-  def train(self, per_host: int, *, seed: int, spec: FlowClipSpec | None = None,
-            whole_epochs: bool = False) -> Any:
-    fn = make_train_epochs if whole_epochs else make_train
-    return iter(fn(self.opened.train, spec or self.spec, batch_size=per_host, seed=seed,
-                   num_workers=self.num_workers, read_threads=self.read_threads))
-
-  def eval(self, per_host: int, *, spec: FlowClipSpec | None = None, split: str = "eval"
-           ) -> Iterable[dict[str, np.ndarray]]:
-    spec = spec or self.spec
-    source = {"eval": self.opened.eval, "train": self.opened.train, "val": self.val}[split]
-    if source is None:
-      raise ValueError("no held-out videos: open the streams with holdout > 0")
-
-    def make():
-      ds = make_eval(source, spec, batch_size=per_host, num_workers=self.num_workers,
-                     read_threads=self.read_threads)
-      return ({**b, "mask": np.asarray(b["mask"], np.float32)} for b in ds)
-
-    if not self.cache_eval:
-      return make()
-    key = (per_host, spec, split)
-    if key not in self._cache:
-      self._cache[key] = list(make())
-    return self._cache[key]
+  def decoder(self, spec: FlowClipSpec, source: Any, *, train: bool) -> "DecodeFlow":
+    return DecodeFlow(spec, train=train, flip=train and resolve_flip(spec, source))
 
 
 def flow_name(name: str) -> str:

@@ -286,10 +286,14 @@ class DecodeVideo(grain.transforms.RandomMap):
 
 
 class _DecodeEval(grain.transforms.Map):
-  """Padded position -> decoded element with ``mask``; positions past the end repeat real records."""
+  """Padded position -> decoded element with ``mask``; positions past the end repeat real records.
 
-  def __init__(self, source, spec: ClipSpec):
-    self.source, self.decoder = source, DecodeVideo(spec, train=False, flip=False)
+  ``decoder``: anything with ``decode(index, record)`` (:class:`DecodeVideo` without augmentation,
+  or another stream's decoder).
+  """
+
+  def __init__(self, source, decoder):
+    self.source, self.decoder = source, decoder
 
   def map(self, position: int):
     index = int(position) % len(self.source)
@@ -341,6 +345,14 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
   return index, count
 
 
+def check_source(source, batch_size: int) -> None:
+  """A ``ValueError`` for a batch size below 1 or an empty source."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if len(source) == 0:
+    raise ValueError("the data source is empty")
+
+
 def _finish(ds: grain.MapDataset, num_workers: int, read_threads: int,
             prefetch: int) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
@@ -352,8 +364,8 @@ def _finish(ds: grain.MapDataset, num_workers: int, read_threads: int,
 
 def make_train(source, spec: ClipSpec, *, batch_size: int, seed: int, num_epochs: int | None = None,
                num_workers: int = 0, read_threads: int = 1, prefetch: int = 2,
-               process_index: int | None = None,
-               process_count: int | None = None) -> grain.IterDataset:
+               process_index: int | None = None, process_count: int | None = None,
+               decoder: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
   """The training pipeline: shuffled, repeated, augmented, sharded per process, batched per host.
 
   Args:
@@ -368,17 +380,17 @@ def make_train(source, spec: ClipSpec, *, batch_size: int, seed: int, num_epochs
     read_threads: threads per worker (or in this process) computing batches.
     prefetch: batches buffered per worker.
     process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
+    decoder: turns ``(index, record)`` into an element (default :class:`DecodeVideo` of ``spec``;
+      another stream, e.g. optical flow, passes its own).
 
   Returns:
     A grain IterDataset of dict batches with a leading axis of ``batch_size`` (incomplete batches
     are dropped).
   """
   index, count = _process(process_index, process_count)
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if len(source) == 0:
-    raise ValueError("the data source is empty")
-  decoder = DecodeVideo(spec, train=True, flip=resolve_flip(spec, source))
+  check_source(source, batch_size)
+  if decoder is None:
+    decoder = DecodeVideo(spec, train=True, flip=resolve_flip(spec, source))
   if train_order(spec) == "permutation":
     ds = _indexed(source).seed(seed).shuffle().repeat(num_epochs)
   else:
@@ -399,22 +411,23 @@ def eval_steps(num_examples: int, batch_size: int, process_count: int) -> int:
 
 def make_eval(source, spec: ClipSpec, *, batch_size: int, num_workers: int = 0,
               read_threads: int = 1, prefetch: int = 2, process_index: int | None = None,
-              process_count: int | None = None) -> grain.IterDataset:
+              process_count: int | None = None, decoder: Any = None) -> grain.IterDataset:
   """The evaluation pipeline: one deterministic pass, padded, the same batch count on every process.
 
   Process ``p`` of ``P`` gets positions ``p, p + P, ...`` of the padded sequence; positions past the
   end of the source repeat real records with ``mask`` False, so shapes never change and every record
   is seen exactly once with ``mask`` True.
 
+  ``decoder``: ``decode(index, record)`` of each element (default :class:`DecodeVideo` of ``spec``
+  without augmentation).
+
   Returns:
     A grain IterDataset of ``eval_steps(len(source), batch_size, P)`` dict batches.
   """
   index, count = _process(process_index, process_count)
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if len(source) == 0:
-    raise ValueError("the data source is empty")
+  check_source(source, batch_size)
+  decoder = decoder or DecodeVideo(spec, train=False, flip=False)
   total = eval_steps(len(source), batch_size, count) * batch_size * count
-  ds = grain.MapDataset.range(total)[index::count].map(_DecodeEval(source, spec))
+  ds = grain.MapDataset.range(total)[index::count].map(_DecodeEval(source, decoder))
   ds = ds.batch(batch_size, drop_remainder=True)
   return _finish(ds, num_workers, read_threads, prefetch)

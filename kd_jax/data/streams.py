@@ -105,22 +105,21 @@ class _DecodePadded(grain.transforms.RandomMap):
 
 def make_train_epochs(source, spec: pipeline.ClipSpec, *, batch_size: int, seed: int,
                       num_workers: int = 0, read_threads: int = 1, prefetch: int = 2,
-                      process_index: int | None = None, process_count: int | None = None
-                      ) -> grain.IterDataset:
+                      process_index: int | None = None, process_count: int | None = None,
+                      decoder: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
   """Training batches in whole epochs (:class:`PaddedEpochs`), endless; a grain IterDataset.
 
   Like :func:`pipeline.make_train` (augmentation seeded by the global position, then process
   ``p`` of ``P`` takes positions ``p, p + P, ...``, batched per host), except for the order:
   every epoch covers each video exactly once in ``ceil(N / (batch_size * P))`` global batches,
-  the last padded; batches carry ``mask`` (float32, 1 real, 0 padding).
+  the last padded; batches carry ``mask`` (float32, 1 real, 0 padding). ``decoder``: as for
+  :func:`pipeline.make_train`.
   """
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if len(source) == 0:
-    raise ValueError("the data source is empty")
-  decoder = pipeline.DecodeVideo(spec, train=True, flip=pipeline.resolve_flip(spec, source))
+  pipeline.check_source(source, batch_size)
+  if decoder is None:
+    decoder = pipeline.DecodeVideo(spec, train=True, flip=pipeline.resolve_flip(spec, source))
   ds = grain.MapDataset.source(PaddedEpochs(len(source), batch_size * count, seed)).seed(seed)
   ds = ds.map(_LookupPadded(source)).random_map(_DecodePadded(decoder))
   ds = ds[index::count].batch(batch_size, drop_remainder=True)
@@ -147,6 +146,12 @@ class Streams:
   val: Any = None
   _cache: dict[Any, list[dict[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
 
+  def decoder(self, spec: Any, source: Any, *, train: bool) -> Any:
+    """The element decoder of ``spec`` (None: the RGB / compressed :class:`pipeline.DecodeVideo`);
+    a stream of another kind of record overrides it."""
+    del spec, source, train
+    return None
+
   @property
   def num_classes(self) -> int:
     return len(self.opened.class_names)
@@ -165,8 +170,10 @@ class Streams:
     (:func:`pipeline.make_train`).
     """
     fn = make_train_epochs if whole_epochs else pipeline.make_train
-    return iter(fn(self.opened.train, spec or self.spec, batch_size=per_host, seed=seed,
-                   num_workers=self.num_workers, read_threads=self.read_threads))
+    spec = spec or self.spec
+    return iter(fn(self.opened.train, spec, batch_size=per_host, seed=seed,
+                   num_workers=self.num_workers, read_threads=self.read_threads,
+                   decoder=self.decoder(spec, self.opened.train, train=True)))
 
   def eval(self, per_host: int, *, spec: pipeline.ClipSpec | None = None, split: str = "eval"
            ) -> Iterable[dict[str, np.ndarray]]:
@@ -180,7 +187,8 @@ class Streams:
 
     def make():
       ds = pipeline.make_eval(source, spec, batch_size=per_host, num_workers=self.num_workers,
-                              read_threads=self.read_threads)
+                              read_threads=self.read_threads,
+                              decoder=self.decoder(spec, source, train=False))
       return ({**b, "mask": np.asarray(b["mask"], np.float32)} for b in ds)
 
     if not self.cache_eval:
