@@ -26,8 +26,8 @@ import functools
 import io
 import os
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Union
 
 import av
 import av.video.reformatter
@@ -250,9 +250,26 @@ def _partial_problem(decoded: _Decoded, declared: int | None, basis: str) -> str
   return ""
 
 
+class _Counted:
+  """Counts the items an iterator yields (the frames encoded)."""
+
+  def __init__(self, items: Iterable[Any]):
+    self.items, self.count = items, 0
+
+  def __iter__(self):
+    for item in self.items:
+      self.count += 1
+      yield item
+
+
 def reencode_checked(source: Source, *, width: int = 340, height: int = 256, gop_size: int = 12,
-                     qscale: int = 1, name: str | None = None) -> Reencoded:
+                     qscale: int = 1, name: str | None = None,
+                     select: Callable[[Iterable[Any], Any], Iterable[Any]] | None = None
+                     ) -> Reencoded:
   """:func:`reencode`, also saying whether the source decoded completely.
+
+  ``select(frames, stream)``: which of the decoded PyAV frames to encode, e.g. resampled to
+  another frame rate; ``Reencoded.num_frames`` then counts the frames encoded.
 
   The frames decoded are compared with what the container declares (frame count, else duration
   x frame rate): a source that decodes clearly fewer is ``truncated (n of m frames)``; one whose
@@ -297,9 +314,10 @@ def reencode_checked(source: Source, *, width: int = 340, height: int = 256, gop
       raise fail("no video stream")
     stream = container.streams.video[0]
     declared, basis = _declared_frames(container, stream)
+    frames = decoded.frames_of(container, stream)
+    out = _Counted(frames if select is None else select(frames, stream))
     try:
-      data = _encode_stream(decoded.frames_of(container, stream), width=width, height=height,
-                            gop_size=gop_size, qscale=qscale)
+      data = _encode_stream(out, width=width, height=height, gop_size=gop_size, qscale=qscale)
     except _NoFramesError as e:
       raise fail("no decodable frames", e) from e
     except _CorruptAt as e:
@@ -308,7 +326,7 @@ def reencode_checked(source: Source, *, width: int = 340, height: int = 256, gop
       raise fail(f"corrupt stream at frame {e.frame}", e.__cause__) from e.__cause__
     except (av.FFmpegError, OSError) as e:
       raise fail(f"corrupt stream at frame {decoded.frames}", e) from e
-  return Reencoded(data=data, num_frames=decoded.frames, declared_frames=declared,
+  return Reencoded(data=data, num_frames=out.count, declared_frames=declared,
                    problem=_partial_problem(decoded, declared, basis))
 
 

@@ -18,8 +18,6 @@ Frame ``t`` of the stream shows the source at time ``t / fps``, so a segment cov
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -103,18 +101,6 @@ def _timed(frames: Iterable[av.VideoFrame], rate: float | None) -> Iterator[tupl
     yield frame, float(t)
 
 
-class _Counted:
-  """Counts the frames an iterator yields (the frames encoded)."""
-
-  def __init__(self, items: Iterable[Any]):
-    self.items, self.count = items, 0
-
-  def __iter__(self):
-    for item in self.items:
-      self.count += 1
-      yield item
-
-
 def reencode_at_fps(source: codec.Source, *, fps: float, width: int, height: int,
                     gop_size: int = 12, qscale: int = 1, name: str | None = None
                     ) -> codec.Reencoded:
@@ -123,58 +109,16 @@ def reencode_at_fps(source: codec.Source, *, fps: float, width: int, height: int
   Decodes the source once, picks the frames by their timestamps, resizes them to ``width x
   height`` (bicubic, aspect ratio not kept) and encodes them, streaming (a long video never sits in
   memory). The same reasons and the same partial-decode check as ``codec.reencode_checked``
-  (whose helpers it uses); ``Reencoded.num_frames`` counts the *output* frames and
-  ``declared_frames`` the source's.
+  (which it calls with a frame selection); ``Reencoded.num_frames`` counts the *output* frames
+  and ``declared_frames`` the source's.
 
   Raises:
     codec.VideoDecodeError: as ``codec.reencode_checked``.
   """
-  # pylint: disable=protected-access
-  what = codec._describe(source, name)
-  codec._check_encoder_args(width, height, gop_size, qscale)
-
-  def fail(reason: str, cause: Exception | None = None) -> codec.VideoDecodeError:
-    error = codec.VideoDecodeError(f"{what}: {reason}", reason=reason)
-    error.__cause__ = cause
-    return error
-
-  if isinstance(source, (bytes, bytearray, memoryview)):
-    head, size, source = bytes(source[:16]), len(source), io.BytesIO(bytes(source))
-  else:
-    try:
-      size = os.path.getsize(source)
-      with open(source, "rb") as f:
-        head = f.read(16)
-    except OSError as e:
-      raise fail(f"cannot read ({e.strerror or e})", e) from e
-  if size == 0:
-    raise fail("empty file (0 bytes)")
-  try:
-    container = av.open(source, mode="r")
-  except (av.FFmpegError, OSError) as e:
-    kind = codec.container_kind(head)
-    raise fail(f"damaged {kind} container (cannot be opened; truncated?)" if kind
-               else "not a video container", e) from e
-  decoded = codec._Decoded()
-  with container:
-    if not container.streams.video:
-      raise fail("no video stream")
-    stream = container.streams.video[0]
-    declared, basis = codec._declared_frames(container, stream)
+  def select(frames, stream):
     rate = stream.average_rate or stream.guessed_rate
     rate = float(rate) if rate else None
-    out = _Counted(resample(_timed(decoded.frames_of(container, stream), rate), fps,
-                            1.0 / rate if rate else None))
-    try:
-      data = codec._encode_stream(out, width=width, height=height, gop_size=gop_size,
-                                  qscale=qscale)
-    except codec._NoFramesError as e:
-      raise fail("no decodable frames", e) from e
-    except codec._CorruptAt as e:
-      if e.frame == 0:
-        raise fail("no decodable frames", e.__cause__) from e.__cause__
-      raise fail(f"corrupt stream at frame {e.frame}", e.__cause__) from e.__cause__
-    except (av.FFmpegError, OSError) as e:
-      raise fail(f"corrupt stream at frame {decoded.frames}", e) from e
-  return codec.Reencoded(data=data, num_frames=out.count, declared_frames=declared,
-                         problem=codec._partial_problem(decoded, declared, basis))
+    return resample(_timed(frames, rate), fps, 1.0 / rate if rate else None)
+
+  return codec.reencode_checked(source, width=width, height=height, gop_size=gop_size,
+                                qscale=qscale, name=name, select=select)
