@@ -118,15 +118,9 @@ def flow_input(q: np.ndarray, spec: FlowClipSpec, *, train: bool,
   return x
 
 
-class DecodeFlow(grain.transforms.RandomMap):
-  """Record -> ``{'video', 'label', 'index'}``; random offset, crop and flip when ``train``."""
-
-  def __init__(self, spec: FlowClipSpec, *, train: bool, flip: bool):
-    self.spec, self.train, self.flip = spec, train, flip
-
-  def random_map(self, element, rng: np.random.Generator):
-    index, record = element
-    return self.decode(index, record, rng)
+class DecodeFlow(pipeline.DecodeVideo):
+  """Record -> ``{'video', 'label', 'index'}``; random offset, crop and flip when ``train``
+  (``spec`` a :class:`FlowClipSpec`)."""
 
   def decode(self, index: int, record: Mapping[str, Any],
              rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:

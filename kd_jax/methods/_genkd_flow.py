@@ -15,8 +15,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from kd_jax import train
 from kd_jax.errors import UserError
 from kd_jax.methods import _genkd_model
 
@@ -115,13 +117,10 @@ def fuse(rgb: Mapping[str, Any], flow: Mapping[str, Any], cls_loss: str) -> dict
 # The flow stages and the two-stream evaluation of a run.
 
 
-def flow_config() -> Any:
+def flow_config() -> ml_collections.ConfigDict:
   """``config.flow`` at the official flow recipe (genkd.md 6: SGD lr 1e-2, momentum 0.9, weight
   decay 5e-4, batch 12, 200 epochs), off: a paper config turns it on."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from kd_jax import train  # pylint: disable=g-import-not-at-top
-
-  def block(model: str) -> Any:
+  def block(model: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         model=model, kwargs=ml_collections.ConfigDict(), epochs=200, batch_size=12,
         eval_every_epochs=5, checkpoint="",
