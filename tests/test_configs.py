@@ -19,6 +19,8 @@ VARIANTS = {
     "genkd_quickstart": ["smoke"],
     "genkd_ucf101": ["smoke"],
     "genkd_hmdb51": ["smoke"],
+    "genkd_thumos14": ["smoke"],
+    "genkd_detection_quickstart": ["smoke"],
     "spectral_quickstart": ["full", "smoke"],
     "spectral_ssv2": ["r18", "smoke"],
     "spectral_jester": ["r18", "smoke"],
@@ -63,7 +65,7 @@ def test_variants_build_and_unknown_ones_are_one_line(name):
   module = _load(name)
   for arg in [None, ""] + VARIANTS[name]:
     config = module.get_config(arg)
-    assert config.method in ("smoke", "pkd", "genkd", "spectral")
+    assert config.method in ("smoke", "pkd", "genkd", "genkd_detection", "spectral")
   with pytest.raises(ValueError, match=rf"^configs/{name}\.py has no variant 'bogus'"):
     module.get_config("bogus")
 
