@@ -188,6 +188,16 @@ def test_data_bench_measures_the_decode_bound_and_a_baseline_side_by_side(tmp_pa
   assert pipe["speedup"] == pytest.approx(mine["clips_per_s"] / pipe["clips_per_s"])
   assert pipe["speedup_cpu"] == pytest.approx(mine["clips_per_cpu_s"] / pipe["clips_per_cpu_s"])
   assert len(r["setup"]["load_average"]) == 3
+  # augment='device' beside it: the host half in the same alternation, the device half timed.
+  dev_pipe = base["pipeline"]["compressed-device/w0"]
+  assert dev_pipe["clips_per_s"] == pipe["clips_per_s"]  # one baseline for both variants
+  assert dev_pipe["speedup"] == pytest.approx(
+      r["pipeline"]["compressed-device/w0"]["clips_per_s"] / pipe["clips_per_s"])
+  dev = r["device_augment"]
+  assert dev["backend"] == jax.default_backend() and dev["batch_size"] == 2
+  assert dev["ms_per_clip"] > 0 and dev["clips_per_s"] == pytest.approx(1e3 / dev["ms_per_clip"])
+  # Raw input per clip: 3 segments of 64x48, uint8 RGB + int16 MV (2) + int16 residual (3).
+  assert dev["raw_mb_per_clip"] == pytest.approx(3 * 48 * 64 * (3 + 4 + 6) / 2**20, rel=0.01)
   with pytest.raises(FileNotFoundError, match="--baseline"):
     data_bench.load_codec(str(tmp_path / "missing.py"))
 

@@ -281,9 +281,10 @@ def test_loader_options_of_a_config_block():
   block = ml_collections.ConfigDict(dict(iframe_color_jitter="train_and_test",
                                          train_order="with_replacement"))
   assert pipeline.loader_options(block) == {"iframe_jitter": "train_and_test",
-                                            "train_order": "with_replacement"}
+                                            "train_order": "with_replacement", "augment": "host"}
   assert pipeline.loader_options(ml_collections.ConfigDict()) == {
-      "iframe_jitter": "off", "train_order": "permutation"}  # blocks without the fields
+      "iframe_jitter": "off", "train_order": "permutation",
+      "augment": "host"}  # blocks without the fields
   for field, value in (("iframe_color_jitter", "test"), ("train_order", "shuffle")):
     with pytest.raises(UserError, match=f"config.data.{field}") as e:
       pipeline.loader_options(ml_collections.ConfigDict({field: value}))

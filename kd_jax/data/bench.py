@@ -12,7 +12,12 @@ Measures, on synthetic clips encoded like the real datasets (340 x 256 raw MPEG-
   mean number of frames the sampled positions decode (GOP position + 1), and
   ``sample_to_bound_ratio``, ``sample_mv_residual / decode_bound`` (target >= 0.8);
 * ``pipeline/<kind>/w<N>``: clips/s of the full training pipeline (sampling, decoding, augmentation,
-  normalisation, batching) with N grain worker processes, and per worker.
+  normalisation, batching) with N grain worker processes, and per worker;
+  ``pipeline/compressed-device/w<N>`` the same with ``augment='device'`` (the host decodes and
+  draws; crops, flips and normalisation are left to the accelerator);
+* ``device_augment``: that device work (:func:`kd_jax.data.device_augment.augment`, jitted, after
+  compilation) per clip on the default JAX device of this run, and the host-to-device copy of
+  its raw input.
 
 ``--baseline FILE`` also measures another implementation of :mod:`kd_jax.data.codec` (a copy of
 the module, e.g. ``git show REV:kd_jax/data/codec.py > /tmp/codec_old.py``) in the same run, taking
@@ -33,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -44,6 +51,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kd_jax.data import codec
+from kd_jax.data import device_augment
 from kd_jax.data import pipeline
 from kd_jax.data import synthetic
 
@@ -189,6 +197,42 @@ def pipeline_rates(records: list[dict], spec: pipeline.ClipSpec, *, workers: int
   return {"wall": clips / wall, "cpu": clips / max(cpu, 1e-9) if workers == 0 else None}
 
 
+def bench_device_augment(records: list[dict], spec: pipeline.ClipSpec, *, batch_size: int,
+                         repeats: int = 3) -> dict[str, float | int | str]:
+  """Seconds per clip of the device half of ``augment='device'`` on JAX's default device.
+
+  One training batch of ``spec`` (``augment='device'``) is decoded, copied to the device
+  (``put``, best of ``repeats``) and augmented by the jitted :func:`device_augment.augment`
+  (compiled first, then best of ``repeats``), as the engine does it (its compiler options).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from kd_jax.train import compilation  # pylint: disable=g-import-not-at-top
+  ds = pipeline.make_train(records, spec, batch_size=batch_size, seed=0, process_index=0,
+                           process_count=1)
+  batch = next(iter(ds))
+  sizes = device_augment.output_sizes(batch)
+  raw = {k: v for k, v in batch.items() if any(k in device_augment.keys(m) for m in sizes)}
+  device = jax.devices()[0]
+  fn = compilation.jit(functools.partial(device_augment.augment, sizes=sizes))
+  x = jax.block_until_ready(jax.device_put(raw, device))
+  start = time.perf_counter()
+  jax.block_until_ready(fn(x))
+  compile_s = time.perf_counter() - start
+  put, run = float("inf"), float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    x = jax.block_until_ready(jax.device_put(raw, device))
+    put = min(put, time.perf_counter() - start)
+    start = time.perf_counter()
+    jax.block_until_ready(fn(x))
+    run = min(run, time.perf_counter() - start)
+  return {"backend": jax.default_backend(), "device_kind": device.device_kind,
+          "batch_size": batch_size, "crop_size": spec.crop_size, "compile_s": compile_s,
+          "ms_per_clip": 1e3 * run / batch_size, "clips_per_s": batch_size / run,
+          "put_ms_per_clip": 1e3 * put / batch_size,
+          "raw_mb_per_clip": sum(v.nbytes for v in raw.values()) / batch_size / 2**20}
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m kd_jax.data.bench", description=__doc__.split("\n")[0])
   p.add_argument("--clips", type=int, default=6, help="synthetic clips to encode")
@@ -199,6 +243,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--kinds", default="compressed,rgb_segments,rgb_clip",
                  help="pipeline kinds (compressed, rgb_segments, rgb_clip)")
   p.add_argument("--batch_size", type=int, default=4)
+  p.add_argument("--augment", default="host,device",
+                 help="where the compressed pipeline augments: host (in the loader), device (the "
+                      "loader only decodes; the device half is timed too), or both")
+  p.add_argument("--device_batch_size", type=int, default=0,
+                 help="clips per batch when timing the device half of augment=device (0: "
+                      "--batch_size)")
   p.add_argument("--batches", type=int, default=4, help="timed batches per pipeline run")
   p.add_argument("--repeats", type=int, default=3, help="best-of repeats for the decode figures")
   p.add_argument("--json", default=None, help="also write the JSON figures to this file")
@@ -240,10 +290,17 @@ def format_table(results: dict) -> str:
                  f"clips/s ({value['clips_per_s_per_worker']:.2f} per worker)"))
   if base:
     for key, value in base["pipeline"].items():
-      rows.append((f"baseline pipeline {key}", f"{value['clips_per_s']:.2f}",
-                   f"{value['clips_per_cpu_s']:.2f}", "clips/s"))
+      if "-device/" not in key:  # the same baseline runs as the host variant's
+        rows.append((f"baseline pipeline {key}", f"{value['clips_per_s']:.2f}",
+                     f"{value['clips_per_cpu_s']:.2f}", "clips/s"))
       rows.append((f"pipeline speed-up {key}", f"{value['speedup']:.2f}",
                    f"{value['speedup_cpu']:.2f}", ""))
+  dev = results.get("device_augment")
+  if dev:
+    rows += [(f"device half of augment=device, {dev['device_kind']} (batch {dev['batch_size']})",
+              f"{dev['ms_per_clip']:.2f}", "", f"ms per clip ({dev['clips_per_s']:.1f} clips/s)"),
+             ("  host-to-device copy of its input", f"{dev['put_ms_per_clip']:.2f}", "",
+              f"ms per clip ({dev['raw_mb_per_clip']:.2f} MB)")]
   width = max(len(r[0]) for r in rows)
   return "\n".join(f"{a:<{width}}  {b:>8}  {c:>8}  {d}" for a, b, c, d in rows)
 
@@ -299,16 +356,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pipeline": {},
         "pipeline_module": (os.path.abspath(args.baseline_pipeline) if old_pipeline is not None
                             else "this pipeline with the baseline codec")}
+  augments = args.augment.split(",")
+  if set(augments) - set(pipeline.AUGMENTS):
+    raise SystemExit(f"--augment takes a comma-separated list of {', '.join(pipeline.AUGMENTS)}, "
+                     f"got {args.augment!r}")
   results["pipeline"] = {}
   for kind in args.kinds.split(","):
     spec = pipeline.make_spec(kind, flip=True)
+    # (name, spec) of each variant; only the compressed kind can leave augmentation to the device.
+    variants = [(kind, spec)]
+    if kind == "compressed":
+      variants = [(kind if a == "host" else f"{kind}-device",
+                   dataclasses.replace(spec, augment=a)) for a in augments]
     for workers in (int(w) for w in args.workers.split(",")):
       side_by_side = baseline is not None and kind == "compressed" and workers == 0
-      rate, old = {}, {}
+      rates, old = {name: {} for name, _ in variants}, {}
       # Side by side: alternating runs, the best of each (the baseline cannot reach grain workers).
       for _ in range(args.pipeline_repeats if side_by_side else 1):
-        _keep_best(rate, pipeline_rates(records, spec, workers=workers,
-                                        batch_size=args.batch_size, batches=args.batches))
+        for name, variant in variants:
+          _keep_best(rates[name], pipeline_rates(records, variant, workers=workers,
+                                                 batch_size=args.batch_size,
+                                                 batches=args.batches))
         if side_by_side and old_pipeline is not None:
           _keep_best(old, pipeline_rates(records, old_pipeline.make_spec(kind, flip=True),
                                          workers=0, batch_size=args.batch_size,
@@ -317,14 +385,19 @@ def main(argv: Sequence[str] | None = None) -> int:
           with codec_of_pipeline(baseline):
             _keep_best(old, pipeline_rates(records, spec, workers=0,
                                            batch_size=args.batch_size, batches=args.batches))
-      key = f"{kind}/w{workers}"
-      results["pipeline"][key] = {
-          "clips_per_s": rate["wall"], "clips_per_s_per_worker": rate["wall"] / max(1, workers),
-          "clips_per_cpu_s": rate["cpu"]}
-      if side_by_side:
-        results["baseline"]["pipeline"][key] = {
-            "clips_per_s": old["wall"], "clips_per_cpu_s": old["cpu"],
-            "speedup": rate["wall"] / old["wall"], "speedup_cpu": rate["cpu"] / old["cpu"]}
+      for name, _ in variants:
+        rate, key = rates[name], f"{name}/w{workers}"
+        results["pipeline"][key] = {
+            "clips_per_s": rate["wall"], "clips_per_s_per_worker": rate["wall"] / max(1, workers),
+            "clips_per_cpu_s": rate["cpu"]}
+        if side_by_side:
+          results["baseline"]["pipeline"][key] = {
+              "clips_per_s": old["wall"], "clips_per_cpu_s": old["cpu"],
+              "speedup": rate["wall"] / old["wall"], "speedup_cpu": rate["cpu"] / old["cpu"]}
+    if kind == "compressed" and "device" in augments:
+      results["device_augment"] = bench_device_augment(
+          records, dataclasses.replace(spec, augment="device"),
+          batch_size=args.device_batch_size or args.batch_size, repeats=args.repeats)
   results["setup"]["load_average_after"] = _load_average()
   print(format_table(results))
   text = json.dumps(results, indent=1)

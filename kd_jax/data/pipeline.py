@@ -8,6 +8,11 @@ Three representations (``kind``):
 * ``rgb_clip``: one dense clip ``video`` ``[T, h, w, 3]`` for 3D CNNs (genkd.md section 7.1);
 * ``rgb_segments``: TSN segments ``video`` ``[S, h, w, 3]`` for TSM (spectral_kd.md section 7).
 
+``ClipSpec.augment='device'`` (compressed only): the host decodes and draws the augmentation but
+does not apply it; each modality comes as its uncropped segments and geometry (``<m>_raw``,
+``<m>_box``, ``<m>_view``, ``<m>_flip``), which :mod:`kd_jax.data.device_augment` turns into the
+same inputs on the accelerator when the engine moves the batch there.
+
 Every batch also holds ``label`` (int32) and ``index`` (int32, the record index in the source); eval
 batches add ``mask`` (bool, False on padding). Arrays are float32 and normalised.
 
@@ -37,6 +42,7 @@ import jax
 import numpy as np
 
 from kd_jax.data import codec
+from kd_jax.data import device_augment
 from kd_jax.data import sampling as sampling_lib
 from kd_jax.data import transforms
 from kd_jax.errors import UserError
@@ -46,6 +52,7 @@ KINDS = ("compressed", "rgb_clip", "rgb_segments")
 # Datasets whose classes depend on left/right motion: a horizontal flip would change the label.
 DIRECTION_SENSITIVE = ("synthetic_actions", "something_something_v2", "jester")
 IFRAME_JITTERS = ("off", "train", "train_and_test")
+AUGMENTS = ("host", "device")
 TRAIN_ORDERS = sampling_lib.TRAIN_ORDERS
 _TEST_JITTER_STREAM = 0x4A17  # keeps test-time jitter draws apart from any other seeded stream
 
@@ -82,6 +89,10 @@ class ClipSpec:
       :class:`kd_jax.data.sampling.TrainOrder`. The fused loader (``dataset_fuse.py`` indexes its
       list under ``DataLoader(shuffle=True)``) and the RGB kinds always permute.
     test_jitter_seed: seeds the test-time jitter (see ``iframe_jitter``).
+    augment: compressed only: ``host`` crops, flips and normalises in the loader; ``device``
+      leaves that to the accelerator (:mod:`kd_jax.data.device_augment`, applied by the engine):
+      elements carry the decoded segments and the drawn geometry instead, with the same random
+      draws in the same order.
   """
 
   kind: Kind = "compressed"
@@ -97,6 +108,7 @@ class ClipSpec:
   iframe_jitter: Literal["off", "train", "train_and_test"] = "off"
   train_order: Literal["permutation", "with_replacement"] = "permutation"
   test_jitter_seed: int = 0
+  augment: Literal["host", "device"] = "host"
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -113,6 +125,11 @@ class ClipSpec:
       raise ValueError(f"iframe_jitter must be one of {IFRAME_JITTERS}, got {self.iframe_jitter!r}")
     if self.train_order not in TRAIN_ORDERS:
       raise ValueError(f"train_order must be one of {TRAIN_ORDERS}, got {self.train_order!r}")
+    if self.augment not in AUGMENTS:
+      raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+    if self.augment == "device" and self.kind != "compressed":
+      raise ValueError(f"augment='device' is for kind 'compressed' only, not {self.kind!r}; "
+                       "use augment='host'")
 
 
 def _coviar_loader(spec: ClipSpec) -> bool:
@@ -131,22 +148,36 @@ def train_order(spec: ClipSpec) -> str:
   return spec.train_order if _coviar_loader(spec) else "permutation"
 
 
-def loader_options(dcfg: Any) -> dict[str, str]:
+def loader_options(dcfg: Any, kind: str | None = None) -> dict[str, str]:
   """The ClipSpec fields of a ``config.data`` block's loader switches (``iframe_color_jitter``,
-  ``train_order``; defaults off / permutation where a block lacks them), checked.
+  ``train_order``, ``augment``; defaults off / permutation / host where a block lacks them),
+  checked; ``kind``: the clip kind they are for (None: not checked against one).
 
   Raises:
-    UserError: a value that is not one of the choices, in one line.
+    UserError: a value that is not one of the choices, or ``augment='device'`` where it cannot
+      apply (a kind other than ``compressed``; ``cache_views > 0``, whose caches hold augmented
+      views), in one line.
   """
   jitter = str(dcfg.get("iframe_color_jitter", "off"))
   order = str(dcfg.get("train_order", "permutation"))
+  augment = str(dcfg.get("augment", "host"))
   if jitter not in IFRAME_JITTERS:
     raise UserError(f"config.data.iframe_color_jitter must be one of {', '.join(IFRAME_JITTERS)}, "
                     f"got {jitter!r}")
   if order not in TRAIN_ORDERS:
     raise UserError(f"config.data.train_order must be one of {', '.join(TRAIN_ORDERS)}, "
                     f"got {order!r}")
-  return {"iframe_jitter": jitter, "train_order": order}
+  if augment not in AUGMENTS:
+    raise UserError(f"config.data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+  if augment == "device":
+    if kind is not None and kind != "compressed":
+      raise UserError(f"config.data.augment='device' is for compressed-video inputs only; this "
+                      f"method reads {kind} clips, so use config.data.augment='host'")
+    if int(dcfg.get("cache_views", 0) or 0) > 0:
+      raise UserError("config.data.augment='device' streams raw frames, but "
+                      f"config.data.cache_views={dcfg.cache_views} caches augmented views; set "
+                      "config.data.cache_views=0 or config.data.augment='host'")
+  return {"iframe_jitter": jitter, "train_order": order, "augment": augment}
 
 
 def make_spec(kind: Kind, **overrides: Any) -> ClipSpec:
@@ -217,6 +248,50 @@ def _compressed_input(frames: np.ndarray | list[np.ndarray], modality: str, spec
   return _NORMALIZE[modality](y, out=y)
 
 
+def _stacked(frames: np.ndarray | list[np.ndarray], dtype: Any) -> np.ndarray:
+  """The segments as one ``dtype`` array ``[S, H, W, C]``: one pass, casting while copying."""
+  if isinstance(frames, np.ndarray) and frames.dtype == dtype:
+    return np.ascontiguousarray(frames)
+  out = np.empty((len(frames),) + frames[0].shape, dtype)
+  for k, f in enumerate(frames):
+    np.copyto(out[k], f, casting="unsafe")  # exact: see device_augment.RAW_DTYPES
+  return out
+
+
+def _raw_input(frames: np.ndarray | list[np.ndarray], modality: str, spec: ClipSpec, train: bool,
+               rng: np.random.Generator | None, flip: bool) -> dict[str, np.ndarray]:
+  """One modality's segments and drawn geometry for :mod:`device_augment` (``augment='device'``).
+
+  The draws of :func:`_compressed_input` (the crop box, then the flip), in the same order; the eval
+  geometry of the host path as ``(box, view)``: the whole frame resized to ``resize_size`` and its
+  centre ``crop_size`` window, or the centre window of the stored frames.
+  """
+  first = frames[0]
+  height, width = first.shape[-3], first.shape[-2]
+  c = spec.crop_size
+  flipped = False
+  if train:
+    scales = transforms.IFRAME_SCALES if modality == "iframe" else transforms.MV_RESIDUAL_SCALES
+    box = transforms.sample_multiscale_crop(rng, height, width, c, scales=scales,
+                                            fix_crop=spec.fix_crop)
+    flipped = flip and bool(rng.random() < 0.5)  # random_hflip's draw
+    view = (c, 0, c)
+  elif spec.resize_size is None:
+    box, view = ((height - c) // 2, (width - c) // 2, c, c), (c, 0, c)
+    if c > height or c > width:
+      raise ValueError(f"crop {c}x{c} exceeds frames of shape {first.shape}")
+  else:
+    r = spec.resize_size
+    box, view = (0, 0, height, width), (r, (r - c) // 2, c)
+    if c > r:
+      raise ValueError(f"crop {c}x{c} exceeds frames resized to {r}x{r}")
+  m = modality
+  return {m + device_augment.RAW: _stacked(frames, device_augment.RAW_DTYPES[m]),
+          m + device_augment.BOX: np.asarray(box, np.int32),
+          m + device_augment.VIEW: np.asarray(view, np.int32),
+          m + device_augment.FLIP: np.bool_(flipped)}
+
+
 def _compressed(video: codec.CompressedVideo, spec: ClipSpec, train: bool,
                 rng: np.random.Generator | None, flip: bool,
                 jitter_rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
@@ -243,6 +318,12 @@ def _compressed(video: codec.CompressedVideo, spec: ClipSpec, train: bool,
     raw["iframe"] = transforms.hls_jitter(np.stack(raw["iframe"]),
                                           transforms.sample_hls_offsets(jitter_rng, s))
   # Each modality gets its own crop and flip, as CoViAR's and PKD's loaders.
+  if spec.augment == "device":
+    out = {}
+    for m in ("iframe", "mv", "residual"):
+      if m in want:
+        out.update(_raw_input(raw[m], m, spec, train, rng, flip))
+    return out
   return {m: _compressed_input(raw[m], m, spec, train, rng, flip)
           for m in ("iframe", "mv", "residual") if m in want}
 

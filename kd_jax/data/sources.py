@@ -90,6 +90,9 @@ def data_config(**fields: Any) -> ml_collections.ConfigDict:
                                   # official dataset.py jitters at test time too)
       train_order="permutation",  # training videos: permutation (each once an epoch) or
                                   # with_replacement (official: random.choice(video_list))
+      augment="host",        # compressed videos: crops, flips, normalisation on the host, or on
+                             # the accelerator inside jit ('device': the loader only decodes;
+                             # kd_jax.data.device_augment, docs/data.md)
       holdout=0.1,           # share of training videos held out for config.selection='best_val'
                              # (the same videos for every seed; kd_jax.data.holdout)
       num_workers=0,         # grain worker processes; 0 = decode in the main process

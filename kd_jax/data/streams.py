@@ -217,7 +217,8 @@ def open_streams(dcfg: Any, kind: pipeline.Kind, *, sized: bool | None = None,
   """
   if sized is None:
     sized = dcfg.name == "synthetic_actions" and dcfg.config == "custom"
-  loader = pipeline.loader_options(dcfg)  # iframe_color_jitter, train_order (UserError if bad)
+  # iframe_color_jitter, train_order, augment (UserError if bad or not for this kind)
+  loader = pipeline.loader_options(dcfg, kind)
   try:
     opened = sources.open_data_config(dcfg, sized=sized)
     flip = sources.parse_flip(dcfg.flip)

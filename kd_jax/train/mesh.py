@@ -2,18 +2,23 @@
 
 One ``'data'`` axis spans every device of every process (``Auto`` axis type, so shardings
 propagate through the step without sharding-aware rewrites of the losses). Batches are split along
-their leading axis; parameters, optimizer state and frozen teachers are replicated.
+their leading axis; parameters, optimizer state and frozen teachers are replicated. Batches of raw
+compressed-video frames (``config.data.augment='device'``) are augmented on the devices as they
+arrive (:func:`host_to_global`), so no method sees the difference.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from kd_jax.data import device_augment
 from kd_jax.errors import UserError
+from kd_jax.train import compilation
 
 DATA_AXIS = "data"
 
@@ -66,9 +71,28 @@ def per_host_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   return per_host
 
 
+@functools.lru_cache(maxsize=16)
+def _device_augment(mesh: Mesh, sizes: tuple[tuple[str, int], ...]):
+  """:func:`device_augment.augment` for output ``sizes``, jitted batch-sharded in and out."""
+  return compilation.jit(functools.partial(device_augment.augment, sizes=dict(sizes)),
+                         in_shardings=batch_sharded(mesh), out_shardings=batch_sharded(mesh))
+
+
 def host_to_global(batch: Any, mesh: Mesh) -> Any:
-  """Assembles each process's slice of a batch (leading axis) into global sharded arrays."""
+  """Assembles each process's slice of a batch (leading axis) into global sharded arrays.
+
+  A batch with raw compressed-video inputs (``<m>_raw`` and its geometry, from a pipeline with
+  ``augment='device'``) comes back with the network inputs ``<m>`` in their place, cropped, flipped
+  and normalised on the devices (:mod:`kd_jax.data.device_augment`); any other batch unchanged.
+  """
   sharding = batch_sharded(mesh)
-  return jax.tree.map(
+  sizes = device_augment.output_sizes(batch) if device_augment.raw_modalities(batch) else {}
+  out = jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
   )
+  if not sizes:
+    return out
+  raw = {k for m in sizes for k in device_augment.keys(m)}
+  augmented = _device_augment(mesh, tuple(sorted(sizes.items())))(
+      {k: v for k, v in out.items() if k in raw})
+  return {**{k: v for k, v in out.items() if k not in raw}, **augmented}
