@@ -252,11 +252,4 @@ def open_flow_streams(dcfg: Any, *, sized: bool | None = None, holdout: float = 
                         flow_flip=flow_flip or dcfg.get("flow_flip", "negate_x"), **spec_fields)
   except (DatasetError, ValueError) as e:
     raise UserError(str(e)) from None
-  val = None
-  if holdout > 0:
-    from kd_jax.data import holdout as holdout_lib  # pylint: disable=g-import-not-at-top
-    train, val = holdout_lib.split_holdout(opened.train, holdout)
-    opened = opened._replace(train=train)
-  return FlowStreams(opened, spec, num_workers=int(dcfg.num_workers),
-                     read_threads=int(dcfg.get("read_threads", 1)),
-                     cache_eval=bool(dcfg.get("cache_eval", False)), val=val)
+  return streams.make_streams(dcfg, opened, spec, holdout=holdout, cls=FlowStreams)

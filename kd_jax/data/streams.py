@@ -226,11 +226,30 @@ def open_streams(dcfg: Any, kind: pipeline.Kind, *, sized: bool | None = None,
     raise UserError(str(e)) from None
   spec = pipeline.make_spec(kind, crop_size=dcfg.crop_size, resize_size=dcfg.resize_size or None,
                             flip=flip, **loader, **spec_fields)
+  return make_streams(dcfg, opened, spec, holdout=holdout)
+
+
+def make_streams(dcfg: Any, opened: sources.Splits, spec: Any, *, holdout: float = 0.0,
+                 cls: type[Streams] = Streams) -> Streams:
+  """``cls`` (a :class:`Streams`) over an opened dataset, as every ``open_*streams`` builds it.
+
+  Args:
+    dcfg: the method's ``config.data``: ``num_workers``, ``read_threads`` (default 1) and
+      ``cache_eval`` (default False).
+    opened: the opened dataset.
+    spec: the default clip spec.
+    holdout: hold this share of ``opened.train`` out of training, as :attr:`Streams.val`
+      (:mod:`kd_jax.data.holdout`); 0 for none.
+    cls: :class:`Streams` or a subclass (another kind of record, another decoder).
+
+  Raises:
+    ValueError: ``holdout >= 1``, or a training split of fewer than two videos to hold out from.
+  """
   val = None
   if holdout > 0:
     from kd_jax.data import holdout as holdout_lib  # pylint: disable=g-import-not-at-top
     train, val = holdout_lib.split_holdout(opened.train, holdout)
     opened = opened._replace(train=train)
-  return Streams(opened, spec, num_workers=int(dcfg.num_workers),
-                 read_threads=int(dcfg.get("read_threads", 1)),
-                 cache_eval=bool(dcfg.get("cache_eval", False)), val=val)
+  return cls(opened, spec, num_workers=int(dcfg.num_workers),
+             read_threads=int(dcfg.get("read_threads", 1)),
+             cache_eval=bool(dcfg.get("cache_eval", False)), val=val)
