@@ -2,8 +2,9 @@
 
 Part of the ``genkd`` method (:mod:`kd_jax.methods._genkd_stages` builds the stages from these,
 :mod:`kd_jax.methods.genkd` runs them): the foreground feature, the classification loss and video
-scores, the reconstruction-weight ramp, the pass/epoch of a step, the :func:`alternating` optimiser, the networks (backbone,
-attention head, CVAE) with their initialisation, a stage's loss settings and inference.
+scores, the reconstruction-weight ramp, the pass/epoch of a step, the :func:`alternating`
+optimiser, the networks (backbone, attention head, CVAE) with their initialisation, a stage's loss
+settings and inference.
 """
 
 from __future__ import annotations
