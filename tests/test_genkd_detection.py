@@ -2,6 +2,7 @@
 distillation term), the mAP path from model outputs on a hand-made case, and the THUMOS14 smoke
 config end to end on prepared fake data."""
 
+import functools
 import json
 import os
 import subprocess
@@ -57,6 +58,41 @@ def test_foreground_background_match_a_numpy_loop(scope):
   np.testing.assert_allclose(bg, f * (1 - a)[:, :, None, None, :], rtol=1e-6)
   with pytest.raises(ValueError, match="norm"):
     dm.foreground_background(jnp.asarray(f), jnp.asarray(a), norm="sum")
+
+
+# ------------------------------------------------------------------------------------------------
+# BatchNorm statistics of a random backbone.
+
+
+@pytest.mark.slow  # about 55 s on 2 loaded cores, mostly initialising the tiny networks
+def test_calibrated_batch_norm_statistics_match_numpy():
+  """The first layer's running statistics become NumPy's mean and unbiased variance of its conv
+  output on the clips, and the frozen backbone's Mixed_5c regains unit scale (it is ~1e-6 with
+  the initial mean 0 / variance 1)."""
+  nets = dm.build_networks("i3d", {"tiny": True, "num_levels": 2}, ATTENTION, num_classes=2)
+  params, state = dm.init_variables(nets, jax.random.key(0), CLIP)
+  clips = np.random.default_rng(0).uniform(-1, 1, (3,) + CLIP).astype(np.float32)
+  bdnet = params["net"]["bdnet"]
+  calibrate = compilation.jit(lambda *a: dm.calibrate_batch_norm(nets, *a), preset="fastest")
+  stats = calibrate(bdnet, state["batch_stats"], jnp.asarray(clips))
+
+  # Conv3d_1a_7x7: 7x7x7 stride 2, TF-SAME padding (2, 3) on each 32-long axis, no bias.
+  kernel = np.asarray(bdnet["backbone"]["Conv3d_1a_7x7"]["conv3d"]["kernel"], np.float64)
+  x = np.pad(clips.astype(np.float64), ((0, 0), (2, 3), (2, 3), (2, 3), (0, 0)))
+  win = np.lib.stride_tricks.sliding_window_view(x, (7, 7, 7), axis=(1, 2, 3))[:, ::2, ::2, ::2]
+  y = np.einsum("bthwcijk,ijkco->bthwo", win, kernel)
+  got = stats["backbone"]["Conv3d_1a_7x7"]["bn"]
+  np.testing.assert_allclose(got["mean"], y.mean(axis=(0, 1, 2, 3)), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got["var"], y.var(axis=(0, 1, 2, 3), ddof=1), rtol=1e-4)
+
+  @functools.partial(compilation.jit, preset="fastest")
+  def mixed_5c_std(batch_stats):
+    f = nets.net.apply({"params": bdnet, "batch_stats": batch_stats}, jnp.asarray(clips),
+                       train=True, method="extract_features")  # freeze_bn: running statistics
+    return jnp.std(f["Mixed_5c"])
+
+  assert float(mixed_5c_std(state["batch_stats"])) < 1e-3
+  assert 0.1 < float(mixed_5c_std(stats)) < 10
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from kd_jax.methods._genkd_model import batch_mean
 from kd_jax.methods._genkd_model import pass_and_epoch
 from kd_jax.methods._genkd_model import reconstruction_weight
 from kd_jax.models import afsd
+from kd_jax.models import i3d as i3d_lib
 
 TAPS = ("Mixed_4f", "Mixed_5c")
 FG_NORMS = ("sum_attention", "none")
@@ -153,6 +154,37 @@ def init_variables(nets: DetNetworks, key: jax.Array, clip_shape: Sequence[int]
                     "backbones: Mixed_4f has 52, Mixed_5c 64 channels, so num_groups=4)") from None
   params = {"net": {"bdnet": v["params"], "attention": attention}, "cvae": cvae}
   return params, {"batch_stats": v.get("batch_stats", {})}
+
+
+def calibrate_batch_norm(nets: DetNetworks, params: Mapping[str, Any], batch_stats: Any,
+                         clips: jax.Array) -> dict[str, Any]:
+  """The backbone's BatchNorm statistics measured on ``clips`` (one train-mode pass).
+
+  Every BatchNorm's running mean and variance become those of its input on ``clips``
+  ``[N, T, H, W, C]`` (unbiased variance, as PyTorch's running estimate), each layer normalised by
+  the statistics of the layers before it, as when the statistics of a pretrained backbone are
+  fitted to the data. Why: AFSD freezes BatchNorm (``freeze_bn``) because its backbone comes
+  pretrained; a *randomly initialised* one then normalises with mean 0 and variance 1, so its
+  activations shrink at every layer (the tiny I3D's ``Mixed_5c`` has a standard deviation of
+  about 1e-6 on [-1, 1] clips, under GroupNorm's epsilon of 1e-5 in the AFSD pyramid) and the
+  head sees almost nothing.
+
+  Args:
+    nets: the networks (their ``net`` is an AFSD ``BDNet``).
+    params: the stage's ``params['net']['bdnet']``.
+    batch_stats: the stage's ``model_state['batch_stats']``.
+    clips: training clips, ``[N, T, H, W, C]``.
+
+  Returns:
+    ``batch_stats`` with its ``backbone`` entry replaced.
+  """
+  net = nets.net
+  # Momentum 0: the running statistics become this pass's statistics.
+  backbone = i3d_lib.InceptionI3d(in_channels=net.in_channels, top_heavy=net.top_heavy,
+                                  width=net.backbone_width, dtype=net.dtype, bn_momentum=0.0)
+  _, new = backbone.apply({"params": params["backbone"], "batch_stats": batch_stats["backbone"]},
+                          clips, train=True, mutable=["batch_stats"], method="extract_features")
+  return {**batch_stats, "backbone": new["batch_stats"]}
 
 
 def _features(nets: DetNetworks, bdnet, batch_stats, x):

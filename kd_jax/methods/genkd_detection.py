@@ -310,13 +310,34 @@ def _stage(setup: Setup, name: str, nets: dm.DetNetworks, block, lc: LossConfig,
       train_data=lambda per_host: train_batches(setup.data, per_host, cfg.seed), frozen=frozen)
 
 
+def calibration_clips(setup: Setup, block: ml_collections.ConfigDict) -> np.ndarray | None:
+  """``block.bn_calibration`` training windows (the same on every process: the stream of
+  ``seed + 1``), or None when it is 0."""
+  n = int(block.get("bn_calibration", 0))
+  if n <= 0:
+    return None
+  batch = next(train_batches(setup.data, n, int(setup.config.seed) + 1))
+  return np.asarray(batch["video"])
+
+
+def _calibrate(nets: dm.DetNetworks, params, state, clips: np.ndarray | None):
+  """Backbone BatchNorm statistics fitted to ``clips`` (:func:`_genkd_det_model.
+  calibrate_batch_norm`); unchanged without clips."""
+  if clips is None:
+    return params, state
+  stats = dm.calibrate_batch_norm(nets, params["net"]["bdnet"], state["batch_stats"],
+                                  jnp.asarray(clips))
+  return params, {**state, "batch_stats": stats}
+
+
 def teacher_stage(setup: Setup) -> train.Stage:
   """Phase 1: the teacher detector, attention heads and CVAEs."""
   pretrained = load_pretrained(setup.config.teacher, "config.teacher")
+  clips = calibration_clips(setup, setup.config.teacher)
 
   def init_fn(key):
     params, state = dm.init_variables(setup.teacher, jax.random.fold_in(key, 1), setup.clip_shape)
-    return _merge(params, state, pretrained, "config.teacher")
+    return _calibrate(setup.teacher, *_merge(params, state, pretrained, "config.teacher"), clips)
 
   return _stage(setup, "teacher", setup.teacher, setup.config.teacher,
                 loss_config(setup.config, teacher=True), init_fn, setup.steps_per_pass["teacher"])
@@ -327,12 +348,13 @@ def student_stage(setup: Setup, name: str, teacher_vars: Mapping[str, Any], *, u
   """Phase 2 (or the baseline with both switches off); both students start from one init."""
   pretrained = load_pretrained(setup.config.student, "config.student")
   copy_head = setup.config.student_init == "teacher_head"
+  clips = calibration_clips(setup, setup.config.student)
 
   def init_fn(key):
     params, state = dm.init_variables(setup.student, jax.random.fold_in(key, 2), setup.clip_shape)
     if copy_head:
       params = dm.copy_teacher_head(params, teacher_vars)
-    return _merge(params, state, pretrained, "config.student")
+    return _calibrate(setup.student, *_merge(params, state, pretrained, "config.student"), clips)
 
   frozen = {"teacher": teacher_vars, "use_gd": np.float32(use_gd), "use_ad": np.float32(use_ad)}
   return _stage(setup, name, setup.student, setup.config.student,
@@ -489,6 +511,9 @@ def base_config() -> ml_collections.ConfigDict:
   def net_block(backbone: str, epochs: int, batch: int, lr: float, cvae_lr: float, ramp: str):
     return ml_collections.ConfigDict(dict(
         backbone=backbone, epochs=epochs, batch_size=batch, rec_ramp=ramp, checkpoint="",
+        # Training clips the frozen backbone BatchNorm statistics are measured on at
+        # initialisation (dm.calibrate_batch_norm); 0: kept (pretrained checkpoints, official).
+        bn_calibration=0,
         kwargs=ml_collections.ConfigDict(dict(freeze_bn=True, freeze_bn_affine=True,
                                               init_scheme="genkd")),
         # PyTorch Adam with weight_decay 1e-3: coupled L2.

@@ -3,9 +3,9 @@
 Names: ``synthetic_actions`` (configs ``default``, ``tiny``), ``ucf101`` and ``hmdb51`` (configs
 ``split1``, ``split2``, ``split3``; manual download); ``something_something_v2``, ``jester``,
 ``kinetics400`` (config ``default``; manual download); ``thumos14`` (temporal detection, config
-``default``; manual download) and ``synthetic_detection`` (configs ``default``, ``tiny``). The
-builders do not register themselves with TFDS (its own, TensorFlow-only ``ucf101`` would clash);
-reach them through :func:`get_builder`, or read a prepared dataset with
+``default``; manual download) and ``synthetic_detection`` (configs ``default``, ``small``,
+``tiny``). The builders do not register themselves with TFDS (its own, TensorFlow-only ``ucf101``
+would clash); reach them through :func:`get_builder`, or read a prepared dataset with
 ``tfds.data_source('NAME/CONFIG', split=..., data_dir=...)`` or :func:`data_source`.
 """
 

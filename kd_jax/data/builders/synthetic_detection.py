@@ -1,8 +1,8 @@
 """TFDS builder of ``synthetic_detection``: generated untrimmed videos with action instances.
 
 Build: ``python -m kd_jax.data.prepare synthetic_detection[/CONFIG] [--data_dir D]``. Configs:
-``default`` (the detection quickstart size) and ``tiny`` (tests). Any other size:
-``SyntheticDetection(config=SyntheticDetectionConfig(name=..., spec=DetectionSpec(...)),
+``default`` (64x64), ``small`` (32x32, the detection quickstart) and ``tiny`` (tests). Any other
+size: ``SyntheticDetection(config=SyntheticDetectionConfig(name=..., spec=DetectionSpec(...)),
 data_dir=D)``. Records as ``thumos14``'s (``builders/_detection.py``): segments in seconds at
 ``spec.fps``, no ambiguous segments.
 """
@@ -59,6 +59,11 @@ class SyntheticDetection(_detection.DetectionBuilder, skip_registration=True):
           name="default", description="4 classes, 64 train + 16 test videos of 256 frames, 64x64.",
           spec=sd.DetectionSpec(num_classes=4, num_frames=256, height=64, width=64)),
       SyntheticDetectionConfig(
+          name="small", description="4 distinct classes (synthetic_actions 0, 3, 6, 9), 64 train + "
+          "16 test videos of 256 frames, 32x32 (the detection quickstart).",
+          spec=sd.DetectionSpec(num_classes=4, class_step=3, num_frames=256, height=32,
+                                width=32)),
+      SyntheticDetectionConfig(
           name="tiny", description="3 classes, 4 train + 2 test videos of 96 frames, 32x32.",
           spec=sd.DetectionSpec(num_classes=3, num_frames=96, height=32, width=32,
                                 max_instances=3, min_length=8, max_length=24),
@@ -67,7 +72,8 @@ class SyntheticDetection(_detection.DetectionBuilder, skip_registration=True):
   DEFAULT_BUILDER_CONFIG_NAME = "default"
 
   def _class_names(self):
-    return sd.class_names(self.builder_config.spec.num_classes)
+    spec = self.builder_config.spec
+    return sd.class_names(spec.num_classes, spec.class_step)
 
   def _jobs(self, dl_manager):
     del dl_manager  # nothing to download
