@@ -26,12 +26,12 @@ backbone is pretrained, a random one under frozen mean-0 / variance-1 statistics
 Prints the mAP table of teacher, baseline student, GenKD student and random intervals (chance);
 writes ``results.json``, ``report.md`` and ``detections.png`` in the workdir.
 
-Measured on a shared 2-core CPU (load about 4, two other jobs), from nothing (data generation and
-an empty XLA cache included): 9.4 min (teacher 315 s of which 118 s compiling, baseline student
-143 s of which 113 s compiling, GenKD student 39 s, evaluation 41 s); mAP@0.5 teacher 6.2 %,
-baseline student 7.3 %, GenKD student 5.5 %, random intervals 2.5 % (average over tIoU 0.3:0.7:
-7.5, 7.5, 8.2 and 3.3 %). The detectors are barely trained at this budget (a similar teacher
-after 10 epochs classifies 19-50 % of the positive training anchors right). Variants: ``smoke``.
+Measured on the idle 2-core CPU, from nothing (data generation and an empty XLA cache included):
+6 min 49 s (teacher 219 s, baseline student 105 s, GenKD student 34 s, evaluation 30 s); 9.4 min
+on the same machine at load about 4. mAP@0.5 teacher 6.2 %, baseline student 7.3 %, GenKD student
+5.5 %, random intervals 2.5 % (average over tIoU 0.3:0.7: 7.5, 7.5, 8.2 and 3.3 %). The detectors
+are barely trained at this budget (a similar teacher after 10 epochs classifies 19-50 % of the
+positive training anchors right). Variants: ``smoke``.
 """
 
 import ml_collections
