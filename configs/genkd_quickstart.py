@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # every clip (measured: 8.3 %, one class for all, where batch statistics scored up to 19 %;
     # at 0.9 the two agree).
     # No dropout (official 0.5): on the tiny head's 64 features it kept the from-scratch teacher
-    # near chance (measured: 3.5 % after 5 epochs, against 19-26 % after 5-8 without; README).
+    # near chance (measured: 3.5 % after 5 epochs, against 16.7-26 % after 5-10 without; README).
     block.kwargs = ml_collections.ConfigDict(dict(tiny=True, dropout_rate=0.0, bn_momentum=0.9))
     block.epochs = epochs
     block.batch_size = 8
