@@ -62,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Mixed_5c comes out at a standard deviation of about 1e-6 (measured), below the pyramid's
     # GroupNorm epsilon; statistics measured on 8 training windows give it unit scale.
     block.bn_calibration = 8
+    # A random backbone must learn its BatchNorm: batch statistics in training, running
+    # statistics at PyTorch momentum 0.1 (I3D's 0.01 would leave them at the calibration's).
+    block.kwargs.update(dict(freeze_bn=False, freeze_bn_affine=False, bn_momentum=0.9))
   config.teacher.rec_ramp = "official"
   config.loss.rec_ramp_epochs = 2
   config.loss.fg_norm = "none"

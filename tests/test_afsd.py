@@ -560,6 +560,15 @@ def test_freeze_bn_train_step():
           {"params": params, "batch_stats": stats}, clip)
   mean = ("backbone", "Mixed_5c", "b0", "bn", "mean")
   assert not np.allclose(_get(updates["batch_stats"], mean), _get(stats, mean))
+  # bn_momentum m: new = m old + (1 - m) batch. Two models that differ only in m see the same
+  # batch statistics b, so (new_1 - old) / (new_2 - old) = (1 - m_1) / (1 - m_2).
+  fast = afsd.afsd(tiny=True, num_classes=3, num_levels=2, freeze_bn=False, bn_momentum=0.9)
+  _, fast_updates = jax.jit(lambda v, x: fast.apply(
+      v, x, train=True, mutable=["batch_stats"], method="extract_features"))(
+          {"params": params, "batch_stats": stats}, clip)
+  step_default = _get(updates["batch_stats"], mean) - _get(stats, mean)
+  step_fast = _get(fast_updates["batch_stats"], mean) - _get(stats, mean)
+  np.testing.assert_allclose(step_fast, step_default * (0.1 / 0.01), rtol=1e-3, atol=1e-6)
 
 
 def test_init_schemes():

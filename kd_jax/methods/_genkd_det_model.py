@@ -187,10 +187,11 @@ def calibrate_batch_norm(nets: DetNetworks, params: Mapping[str, Any], batch_sta
   return {**batch_stats, "backbone": new["batch_stats"]}
 
 
-def _features(nets: DetNetworks, bdnet, batch_stats, x):
+def _features(nets: DetNetworks, bdnet, batch_stats, x, train: bool = True):
   """The distilled taps (backbone in train mode: with ``freeze_bn`` it uses, and keeps, its
-  running statistics) and the statistics after the pass."""
-  feats, new = nets.net.apply({"params": bdnet, "batch_stats": batch_stats}, x, train=True,
+  running statistics) and the statistics after the pass; ``train=False`` for a frozen teacher,
+  whose BatchNorm then uses its running statistics whatever ``freeze_bn`` says."""
+  feats, new = nets.net.apply({"params": bdnet, "batch_stats": batch_stats}, x, train=train,
                               mutable=["batch_stats"], method="extract_features")
   return {tap: feats[tap] for tap in nets.taps}, new["batch_stats"]
 
@@ -332,7 +333,7 @@ def make_loss_fn(nets: DetNetworks, lc: LossConfig, steps_per_pass: int, window:
                                              is_leaf=lambda s: isinstance(s, tuple)))
 
   def teacher_side(t, x):
-    t_f, _ = _features(teacher, t["bdnet"]["params"], t["bdnet"]["batch_stats"], x)
+    t_f, _ = _features(teacher, t["bdnet"]["params"], t["bdnet"]["batch_stats"], x, train=False)
     return t_f, _attention(teacher, t["attention"], t_f)
 
   def pass_a(params, model_state, frozen, batch, rng, step):

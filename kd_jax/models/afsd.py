@@ -493,6 +493,8 @@ class BDNet(nn.Module):
     freeze_bn_affine: backbone BatchNorm scale / bias not trained (True); read by
       :func:`freeze_bn_affine`, which the optimiser must be wrapped with.
     init_scheme: head init, 'afsd', 'genkd' or 'pytorch'.
+    bn_momentum: Flax momentum of the backbone BatchNorm running statistics (I3D's 0.99); only
+      moves them with ``freeze_bn=False``.
     dtype: computation dtype (parameters and statistics stay float32).
   """
 
@@ -507,6 +509,7 @@ class BDNet(nn.Module):
   freeze_bn: bool = True
   freeze_bn_affine: bool = True
   init_scheme: str = "afsd"
+  bn_momentum: float = layers3d.I3D_BN_MOMENTUM
   dtype: Any = None
 
   def setup(self):
@@ -514,7 +517,7 @@ class BDNet(nn.Module):
     # builds InceptionI3d up to Mixed_5c, without logits).
     self.backbone = i3d_lib.InceptionI3d(
         in_channels=self.in_channels, top_heavy=self.top_heavy, width=self.backbone_width,
-        dtype=self.dtype)
+        bn_momentum=self.bn_momentum, dtype=self.dtype)
     self.coarse_pyramid_detection = CoarsePyramid(
         num_classes=self.num_classes, channels=self.channels,
         proposal_channels=self.proposal_channels, num_levels=self.num_levels,
